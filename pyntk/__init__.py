@@ -1,0 +1,14 @@
+"""pyntk: NTK-aware scaled RoPE and its relatives for llama.cpp and GGUF models."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import PyntkError
+from .rope import inv_freq
+from .scaling import METHODS, RopeScaling
+
+try:
+    __version__ = version("pyntk")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+__all__ = ["METHODS", "PyntkError", "RopeScaling", "inv_freq", "__version__"]

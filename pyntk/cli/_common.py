@@ -1,0 +1,107 @@
+"""Pieces every subcommand shares: output, errors, scaling options, progress, confirmation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Optional
+
+from ..scaling import METHODS, RopeScaling, method_help
+
+
+def fail(message: str, code: int = 1) -> int:
+    """One line on stderr, non-zero exit code; the message names the problem and the fix."""
+    print(f"pyntk: error: {message}", file=sys.stderr)
+    return code
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print machine-readable JSON on stdout (no progress bars)")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def add_command(sub, name: str, run, help: str, description: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
+
+
+METHODS_EPILOG = "methods:\n" + method_help()
+
+
+def add_scaling_options(parser: argparse.ArgumentParser) -> None:
+    """--method/--alpha/--factor and the YaRN knobs, shared by every subcommand."""
+    g = parser.add_argument_group("scaling (see the methods below)")
+    g.add_argument("--method", choices=list(METHODS), metavar="METHOD",
+                   help="scaling method; default: ntk with --alpha, linear with --factor")
+    g.add_argument("--alpha", type=positive_float,
+                   help="static NTK alpha (>= 1): the base becomes base*alpha^(d/(d-2)); "
+                        "alpha is NOT the context multiplier, the usable context is shorter")
+    g.add_argument("--factor", type=positive_float,
+                   help="scale factor s = target context / training context (>= 1)")
+    g.add_argument("--beta-fast", type=positive_float,
+                   help="yarn/ntk-by-parts: pairs turning more than this many times over the "
+                        "training context are kept (default 32)")
+    g.add_argument("--beta-slow", type=positive_float,
+                   help="yarn/ntk-by-parts: pairs turning fewer times are fully interpolated (default 1)")
+    g.add_argument("--attn-factor", type=positive_float,
+                   help="yarn: extra multiplier on the temperature 0.1*ln(s)+1 (default 1)")
+
+
+def scaling_from_args(args: argparse.Namespace, *, base: float, dims: int,
+                      original_context: Optional[int]) -> RopeScaling:
+    """The RopeScaling the options describe; a ValueError names any option that does not fit."""
+    method = args.method
+    if method is None:
+        method = "ntk" if args.alpha is not None else ("linear" if args.factor is not None else "none")
+    if method == "ntk" and args.alpha is None:
+        raise ValueError("--method ntk needs --alpha (e.g. --alpha 4)")
+    if method not in ("none", "ntk") and args.factor is None:
+        raise ValueError(f"--method {method} needs --factor (target context / training context)")
+    kw: dict = dict(method=method, base=base, dims=dims)
+    if method in ("dynamic", "ntk-by-parts", "yarn", "llama3"):
+        if original_context is None:
+            raise ValueError(f"--method {method} needs the training context (--ctx)")
+        kw["original_context"] = original_context
+    for option in ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor"):
+        if getattr(args, option) is not None:
+            kw[option] = getattr(args, option)
+    try:
+        return RopeScaling(**kw)
+    except ValueError as e:
+        # RopeScaling speaks of parameters; the user typed options.
+        text = str(e)
+        for option in ("beta_fast", "beta_slow", "attn_factor", "alpha", "factor"):
+            text = text.replace(option, "--" + option.replace("_", "-"), 1) if text.startswith(option) else text
+        raise ValueError(text) from None

@@ -1,0 +1,2 @@
+class PyntkError(Exception):
+    """A problem the user can fix; the message names the problem and the fix."""
