@@ -60,7 +60,7 @@ def test_ntk_base_is_published_formula():
     s = make("ntk", alpha=4, dims=128, base=10000)
     assert s.ntk_base == pytest.approx(10000 * 4 ** (128 / 126), rel=1e-15)
     with pytest.raises(ValueError, match="ntk"):
-        make("linear", factor=2).ntk_base
+        _ = make("linear", factor=2).ntk_base
 
 
 def test_describe_mentions_parameters():
