@@ -2,8 +2,19 @@
 // bad input raises a Python exception, never crashes.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cpu.h"
 #include "freqs.h"
+#include "rotate.h"
 
 namespace py = pybind11;
 
@@ -28,6 +39,195 @@ py::tuple inv_freq(pyntk::Method method, int64_t dims, double base, double origi
     return py::make_tuple(inv, attention);
 }
 
+constexpr int kMaxThreads = 256;
+
+[[noreturn]] void type_error(const std::string& what) { throw py::type_error(what); }
+[[noreturn]] void value_error(const std::string& what) { throw py::value_error(what); }
+
+std::string shape_str(const py::array& a) {
+    std::string out = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) out += (i ? ", " : "") + std::to_string(a.shape(i));
+    return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+bool native_order(const py::dtype& dt) {
+    const char order = dt.byteorder();
+    return order == '=' || order == '|';
+}
+
+bool native_float(const py::dtype& dt, py::ssize_t size) {
+    return dt.kind() == 'f' && dt.itemsize() == size && native_order(dt);
+}
+
+// Checks one [batch?, tokens, heads, head_dim] float array and returns its shape (batch
+// 1 when absent) and byte strides of batch, token and head.
+void float_view(const py::array& a, const char* name, int64_t shape[4], int64_t strides[3],
+                bool* f16) {
+    if (a.ndim() != 3 && a.ndim() != 4)
+        value_error(std::string(name) + " must be shaped [tokens, heads, head_dim] or [batch, " +
+                    "tokens, heads, head_dim], got shape " + shape_str(a));
+    const py::dtype dt = a.dtype();
+    if (!native_float(dt, 4) && !native_float(dt, 2))
+        type_error(std::string(name) + " must be float32 or float16 in native byte order, got " +
+                   std::string(py::str(dt)));
+    *f16 = dt.itemsize() == 2;
+    const py::ssize_t item = dt.itemsize();
+    const int extra = a.ndim() == 3 ? 1 : 0;
+    shape[0] = extra ? 1 : a.shape(0);
+    strides[0] = extra ? 0 : a.strides(0);
+    for (int i = 1; i < 4; ++i) shape[i] = a.shape(i - extra);
+    for (int i = 1; i < 3; ++i) strides[i] = a.strides(i - extra);
+    if (a.size() == 0) return;  // nothing is read or written: any strides will do
+    const py::ssize_t last = a.strides(a.ndim() - 1);
+    if (shape[3] > 1 && last != item)
+        value_error(std::string(name) + "'s last axis must be contiguous (stride " +
+                    std::to_string(item) + " bytes), got stride " + std::to_string(last) +
+                    "; pass np.ascontiguousarray(" + name + ")");
+    bool aligned = reinterpret_cast<uintptr_t>(a.data()) % uintptr_t(item) == 0;
+    for (int i = 0; i < 3; ++i) aligned = aligned && strides[i] % item == 0;
+    if (!aligned) value_error(std::string(name) + "'s data and strides must be aligned to its items");
+}
+
+// [lowest, highest) byte address an array touches; empty arrays touch nothing.
+std::pair<uintptr_t, uintptr_t> extent(const py::array& a) {
+    uintptr_t low = reinterpret_cast<uintptr_t>(a.data()), high = low;
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+        if (a.shape(i) == 0) return {0, 0};
+        const py::ssize_t step = a.strides(i) * (a.shape(i) - 1);
+        (step < 0 ? low : high) += step;
+    }
+    return {low, high + uintptr_t(a.itemsize())};
+}
+
+const double* inv_table(const py::array& inv, int64_t* half) {
+    if (inv.ndim() != 1 || inv.dtype().normalized_num() != py::dtype::num_of<double>() ||
+        !native_order(inv.dtype()) ||
+        !(inv.flags() & py::array::c_style))
+        type_error("inv_freq must be a contiguous 1-D float64 array");
+    *half = inv.shape(0);
+    if (*half < 1) value_error("inv_freq must have at least one frequency");
+    const double* data = static_cast<const double*>(inv.data());
+    for (int64_t i = 0; i < *half; ++i)
+        if (!std::isfinite(data[i])) value_error("inv_freq must be finite");
+    return data;
+}
+
+void check_positions(const py::array& pos, py::ssize_t ndim_max) {
+    if (pos.ndim() < 1 || pos.ndim() > ndim_max ||
+        pos.dtype().normalized_num() != py::dtype::num_of<int64_t>() ||
+        !native_order(pos.dtype()) || !(pos.flags() & py::array::c_style))
+        type_error("positions must be a contiguous int64 array");
+    const int64_t* p = static_cast<const int64_t*>(pos.data());
+    for (py::ssize_t i = 0; i < pos.size(); ++i)
+        if (p[i] < 0) value_error("positions must be non-negative, got " + std::to_string(p[i]));
+}
+
+void check_attn(double attn) {
+    if (!(std::fabs(attn) <= double(std::numeric_limits<float>::max())))
+        value_error("attention factor must be a finite float32, got " + std::to_string(attn));
+}
+
+py::array rotate(py::array x, py::array positions, py::array inv, double attn,
+                 pyntk::RopeMode mode, py::object out_arg, int threads) {
+    pyntk::RotateJob job;
+    int64_t shape[4];
+    bool f16;
+    float_view(x, "x", shape, job.src_stride, &f16);
+    job.batch = shape[0], job.tokens = shape[1], job.heads = shape[2], job.head_dim = shape[3];
+    job.f16 = f16;
+
+    if (!out_arg.is_none() && !py::isinstance<py::array>(out_arg))
+        type_error("out must be a numpy array or None");
+    py::array out = out_arg.is_none() ? x : py::reinterpret_borrow<py::array>(out_arg);
+    if (!out.writeable())
+        value_error(out_arg.is_none() ? "x is read-only; pass out= to rotate into another array"
+                                      : "out is read-only");
+    if (!out_arg.is_none()) {
+        int64_t out_shape[4];
+        bool out_f16;
+        float_view(out, "out", out_shape, job.dst_stride, &out_f16);
+        if (out.ndim() != x.ndim() || !std::equal(shape, shape + 4, out_shape) || out_f16 != f16)
+            value_error("out must have x's shape " + shape_str(x) + " and dtype, got " +
+                        shape_str(out) + " " + std::string(py::str(out.dtype())));
+        const auto a = extent(x), b = extent(out);
+        const bool same = x.data() == out.data() && std::equal(job.src_stride, job.src_stride + 3,
+                                                                job.dst_stride);
+        if (!same && a.first < b.second && b.first < a.second)
+            value_error("out overlaps x; pass out=None to rotate x in place");
+    } else {
+        std::copy(job.src_stride, job.src_stride + 3, job.dst_stride);
+    }
+
+    check_positions(positions, 2);
+    const bool per_batch = positions.ndim() == 2;
+    const bool fits = per_batch ? x.ndim() == 4 && positions.shape(0) == job.batch &&
+                                      positions.shape(1) == job.tokens
+                                : positions.shape(0) == job.tokens;
+    if (!fits) {
+        const std::string tokens = std::to_string(job.tokens);
+        value_error("positions must be shaped [tokens] = (" + tokens + ",)" +
+                    (x.ndim() == 4 ? " or [batch, tokens] = (" + std::to_string(job.batch) +
+                                         ", " + tokens + ")"
+                                   : std::string()) +
+                    ", got " + shape_str(positions));
+    }
+    job.pos = static_cast<const int64_t*>(positions.data());
+    job.pos_batch_stride = per_batch ? job.tokens : 0;
+
+    job.inv = inv_table(inv, &job.half);
+    if (2 * job.half > job.head_dim)
+        value_error("n_rot = " + std::to_string(2 * job.half) + " rotary dimensions exceed head_dim " +
+                    std::to_string(job.head_dim));
+    check_attn(attn);
+    job.attn = float(attn);
+    job.mode = mode;
+    if (threads < 0 || threads > kMaxThreads)
+        value_error("threads must be from 0 (automatic) to " + std::to_string(kMaxThreads) +
+                    ", got " + std::to_string(threads));
+
+    job.src = static_cast<const char*>(x.data());
+    job.dst = static_cast<char*>(out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        pyntk::rotate(job, threads);
+    }
+    return out;
+}
+
+py::tuple cos_sin(py::array positions, py::array inv, double attn) {
+    check_positions(positions, 1);
+    int64_t half;
+    const double* table = inv_table(inv, &half);
+    check_attn(attn);
+    const int64_t n = positions.shape(0);
+    py::array_t<float> cos({n, half}), sin({n, half});
+    const int64_t* pos = static_cast<const int64_t*>(positions.data());
+    float* c = cos.mutable_data();
+    float* s = sin.mutable_data();
+    {
+        py::gil_scoped_release release;
+        pyntk::cos_sin(table, half, float(attn), pos, n, c, s);
+    }
+    return py::make_tuple(cos, sin);
+}
+
+py::dict cpu_features() {
+    const pyntk::CpuFeatures& f = pyntk::cpu_features();
+    py::dict d;
+    d["avx2"] = f.avx2;
+    d["fma"] = f.fma;
+    d["f16c"] = f.f16c;
+    d["avx512f"] = f.avx512f;
+    d["neon"] = f.neon;
+    return d;
+}
+
+std::vector<std::string> kernels() {
+    std::vector<std::string> names;
+    for (const pyntk::Kernel* k : pyntk::available_kernels()) names.emplace_back(k->name);
+    return names;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -47,6 +247,27 @@ PYBIND11_MODULE(_core, m) {
           py::arg("beta_slow"), py::arg("attn_factor"), py::arg("low_freq_factor"),
           py::arg("high_freq_factor"), py::arg("seq_len"),
           "(inv_freq[dims/2] float64, attention factor) for one scaling; seq_len <= 0: unknown");
+
+    py::enum_<pyntk::RopeMode>(m, "RopeMode")
+        .value("normal", pyntk::RopeMode::normal)
+        .value("neox", pyntk::RopeMode::neox);
+
+    m.def("rotate", &rotate, py::arg("x").noconvert(), py::arg("positions").noconvert(),
+          py::arg("inv_freq").noconvert(), py::arg("attn"), py::arg("mode"),
+          py::arg("out").none(true), py::arg("threads"),
+          "Rotates x [batch?, tokens, heads, head_dim] (float32/float16) by positions (int64 "
+          "[tokens] or [batch, tokens]) with inv_freq [n_rot/2], cos/sin scaled by attn; into "
+          "out, or in place when out is None. threads 0: automatic. Returns the result.");
+    m.def("cos_sin", &cos_sin, py::arg("positions").noconvert(), py::arg("inv_freq").noconvert(),
+          py::arg("attn"),
+          "(cos, sin) float32 [len(positions), n_rot/2], both times attn, as the kernel uses them");
+    m.def("cpu_features", &cpu_features, "CPU features usable here (OS state checked)");
+    m.def("kernels", &kernels, "Kernels this CPU can run, best first");
+    m.def("kernel", [] { return std::string(pyntk::active_kernel().name); }, "The active kernel");
+    m.def("set_kernel", [](const std::string& name) { pyntk::set_kernel(name); },
+          py::arg("name"), "Makes the named kernel the active one");
+
+    pyntk::kernel_from_environment();
 
     m.attr("__version__") = MACRO_STRINGIFY(VERSION_INFO);
 }

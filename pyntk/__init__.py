@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import PyntkError
-from .rope import inv_freq
+from .rope import cos_sin, cpu_features, inv_freq, rotate
 from .scaling import METHODS, RopeScaling
 
 try:
@@ -11,4 +11,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
-__all__ = ["METHODS", "PyntkError", "RopeScaling", "inv_freq", "__version__"]
+__all__ = [
+    "METHODS", "PyntkError", "RopeScaling", "cos_sin", "cpu_features", "inv_freq", "rotate",
+    "__version__",
+]

@@ -73,3 +73,35 @@ def inv_freq(s: RopeScaling, seq_len: Optional[int] = None) -> Tuple[np.ndarray,
     else:  # pragma: no cover - RopeScaling rejects unknown methods
         raise ValueError(s.method)
     return np.ascontiguousarray(inv, dtype=np.float64), float(attention)
+
+
+def cos_sin(s: RopeScaling, positions,
+            seq_len: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (cos, sin) of p * inv_freq, shaped positions.shape + (dims/2,), both times the
+    attention factor. Dynamic NTK's seq_len defaults to max(positions) + 1."""
+    positions = np.asarray(positions)
+    if seq_len is None and s.method == "dynamic":
+        seq_len = int(positions.max()) + 1 if positions.size else 0
+    inv, attention = inv_freq(s, seq_len)
+    theta = positions.astype(np.float64)[..., None] * inv
+    return np.cos(theta) * attention, np.sin(theta) * attention
+
+
+def rotate(x, positions, s: RopeScaling, mode: str = "neox",
+           seq_len: Optional[int] = None) -> np.ndarray:
+    """float64 RoPE of x [..., tokens, heads, head_dim] with d = s.dims rotary dimensions.
+
+    positions: one per token, [tokens] or x.shape[:-2]. mode "neox" pairs (x[i], x[i + d/2]),
+    "normal" pairs (x[2i], x[2i+1]); each pair turns by theta = p * inv_freq[i]:
+    (x0 cos - x1 sin, x0 sin + x1 cos). Dimensions past d are returned unchanged.
+    """
+    y = np.array(x, dtype=np.float64)
+    d = s.dims
+    cos, sin = cos_sin(s, positions, seq_len)
+    cos, sin = cos[..., None, :], sin[..., None, :]  # one row per token, shared by the heads
+    first, second = (slice(0, d // 2), slice(d // 2, d)) if mode == "neox" else (
+        slice(0, d, 2), slice(1, d, 2))
+    x0, x1 = y[..., first].copy(), y[..., second].copy()
+    y[..., first] = x0 * cos - x1 * sin
+    y[..., second] = x0 * sin + x1 * cos
+    return y
