@@ -5,15 +5,26 @@ model's metadata. This reader only walks the header, key/values and tensor infos
 with struct, trusts no length or count until checked against the file size, and
 records where each entry's bytes are so that values can be patched in place or
 copied verbatim into a rewritten file. Names and types come from gguf-py.
+
+``encode_entry``/``encode_value`` are the matching writer for single key/values.
+
+A tool that validated a whole file and knows which keys it needs can leave a *layout hint*:
+a ``uint64[2]`` key holding ``[prefix_end, kv_end]``, meaning "no key this tool reads lies
+after byte prefix_end, and the tensor infos start at kv_end". ``GGUFFile(path,
+layout_key=...)`` then stops walking the key/values at prefix_end (skipping the vocabulary,
+tens of thousands of strings) and validates the tensor infos at kv_end instead. A hint that
+does not line up exactly (the file was rewritten by another tool) is ignored and the whole
+file is walked; ``partial`` tells which happened.
 """
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
@@ -36,6 +47,9 @@ _SCALAR = {
 }
 _VALID_TYPES = {int(t) for t in GGUFValueType}
 _VALID_TENSOR_TYPES = {int(t) for t in GGMLQuantizationType}
+_TENSOR_TYPES = {int(t): (t, GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_TENSOR_INFO = {n: struct.Struct(f"<{n}QIQ") for n in range(1, MAX_DIMS + 1)}  # shape, type, offset
 
 
 class CorruptGGUF(PyntkError):
@@ -58,8 +72,7 @@ class Entry:
         return self.end - self.value_start
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):  # a NamedTuple: files have thousands of these, built on every parse
     name: str
     shape: Tuple[int, ...]
     type: GGMLQuantizationType
@@ -100,13 +113,12 @@ class _Cursor:
         # Each string is at least its 8-byte length: reject absurd counts before looping.
         self.need(8 * count, what)
         buf, off, size = self.buf, self.off, self.size
-        unpack = struct.Struct("<Q").unpack_from
-        for _ in range(count):
-            if off + 8 > size:
-                break
-            off += 8 + unpack(buf, off)[0]
-            if off > size:
-                break
+        unpack = _U64.unpack_from
+        try:  # the hot loop of the whole reader: one unpack per string, bounds checked by unpack
+            for _ in itertools.repeat(None, count):
+                off += 8 + unpack(buf, off)[0]
+        except (struct.error, OverflowError):
+            off = size + 1
         self.off = min(off, size + 1)
         self.need(0, what)
 
@@ -121,8 +133,10 @@ class _Cursor:
 class GGUFFile:
     """Metadata of one GGUF file: entries by key (in file order), tensor infos, data offset."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, layout_key: Optional[str] = None) -> None:
         self.path = os.fspath(path)
+        self.partial = False  # True when a layout hint let the key/value walk stop early
+        self._layout_key = layout_key
         _check_path(self.path)
         try:
             with open(self.path, "rb") as f:
@@ -163,6 +177,7 @@ class GGUFFile:
             )
         self.kv_start = c.off
         self.entries: Dict[str, Entry] = {}
+        layout = None
         for index in range(self.kv_count):
             start = c.off
             name = c.string(f"key #{index}")
@@ -173,8 +188,32 @@ class GGUFFile:
                 raise CorruptGGUF(f"{self.path}: key {name!r} appears twice; llama.cpp refuses such "
                                   f"a file, re-convert it")
             self.entries[name] = Entry(name, vtype, start, value_start, c.off, value, atype, alen)
+            if name == self._layout_key and atype == GGUFValueType.UINT64 and alen == 2:
+                layout = value
+            if layout is not None and c.off == layout[0] and index + 1 < self.kv_count:
+                if self._tail_from_hint(buf, layout[1], c.off):
+                    return
+                layout = None  # stale hint: walk on
         self.kv_end = c.off
+        self._set_alignment()
+        self._tensor_infos(c)
 
+    def _tail_from_hint(self, buf, kv_end: int, prefix_end: int) -> bool:
+        """Parse the tensor infos at a recorded kv_end; False if they do not line up."""
+        if not prefix_end <= kv_end <= self.file_size:
+            return False
+        try:
+            self._set_alignment()
+            t = _Cursor(buf, self.path)
+            t.off = kv_end
+            self._tensor_infos(t)
+        except CorruptGGUF:
+            return False
+        self.kv_end = kv_end
+        self.partial = True
+        return True
+
+    def _set_alignment(self) -> None:
         alignment = self.value("general.alignment", DEFAULT_ALIGNMENT)
         entry = self.entries.get("general.alignment")
         if entry is not None and (entry.type != GGUFValueType.UINT32 or alignment == 0
@@ -183,21 +222,33 @@ class GGUFFile:
                               f"got {alignment!r}; the file is corrupt")
         self.alignment = alignment
 
+    def _tensor_infos(self, c: "_Cursor") -> None:
         self.tensors: List[TensorInfo] = []
+        append, buf, size = self.tensors.append, c.buf, c.size
         for index in range(self.tensor_count):
-            name = c.string(f"tensor name #{index}")
-            n_dims = c.unpack("<I", f"dimension count of tensor {name!r}")
-            if not 1 <= n_dims <= MAX_DIMS:
-                raise CorruptGGUF(f"{self.path}: tensor {name!r} has {n_dims} dimensions "
-                                  f"(1 to {MAX_DIMS} allowed); the file is corrupt")
-            shape = tuple(c.unpack("<Q", f"shape of tensor {name!r}") for _ in range(n_dims))
-            raw_type = c.unpack("<I", f"type of tensor {name!r}")
-            if raw_type not in _VALID_TENSOR_TYPES:
-                raise CorruptGGUF(f"{self.path}: tensor {name!r} has unknown type {raw_type}; the "
-                                  f"file is corrupt or newer than pyntk's gguf package")
-            ttype = GGMLQuantizationType(raw_type)
-            offset = c.unpack("<Q", f"offset of tensor {name!r}")
-            self.tensors.append(TensorInfo(name, shape, ttype, offset, _nbytes(self.path, name, shape, ttype)))
+            start = c.off
+            try:  # fast path: one unpack per field group, bounds checked by unpack_from
+                (n,) = _U64.unpack_from(buf, start)
+                off = start + 8 + n
+                if off + 4 > size:
+                    raise IndexError
+                name = str(buf[start + 8:off], "utf-8")
+                (n_dims,) = _U32.unpack_from(buf, off)
+                fields = _TENSOR_INFO[n_dims].unpack_from(buf, off + 4)  # KeyError unless 1..4
+                shape, raw_type, offset = fields[:n_dims], fields[n_dims], fields[n_dims + 1]
+                ttype, (block, type_size) = _TENSOR_TYPES[raw_type]
+                c.off = off + 16 + 8 * n_dims
+            except (IndexError, KeyError, UnicodeDecodeError, struct.error, OverflowError):
+                c.off = start  # the careful path names what is wrong
+                name, shape, ttype, offset = self._tensor_info(c, index)
+                block, type_size = GGML_QUANT_SIZES[ttype]
+            if shape[0] % block:
+                raise CorruptGGUF(f"{self.path}: tensor {name!r} has {shape[0]} columns, not a multiple of "
+                                  f"the {ttype.name} block size {block}; the file is corrupt")
+            count = shape[0]
+            for n in shape[1:]:
+                count *= n
+            append(TensorInfo(name, shape, ttype, offset, count // block * type_size))
         self.tensor_info_end = c.off
         self.data_offset = -(-c.off // self.alignment) * self.alignment
         for t in self.tensors:
@@ -207,6 +258,20 @@ class GGUFFile:
                     f"misaligned or runs past the end of the file; the file is truncated or corrupt, "
                     f"re-download it"
                 )
+
+    def _tensor_info(self, c: "_Cursor", index: int):
+        name = c.string(f"tensor name #{index}")
+        n_dims = c.unpack("<I", f"dimension count of tensor {name!r}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise CorruptGGUF(f"{self.path}: tensor {name!r} has {n_dims} dimensions "
+                              f"(1 to {MAX_DIMS} allowed); the file is corrupt")
+        shape = tuple(c.unpack("<Q", f"shape of tensor {name!r}") for _ in range(n_dims))
+        raw_type = c.unpack("<I", f"type of tensor {name!r}")
+        if raw_type not in _VALID_TENSOR_TYPES:
+            raise CorruptGGUF(f"{self.path}: tensor {name!r} has unknown type {raw_type}; the "
+                              f"file is corrupt or newer than pyntk's gguf package")
+        offset = c.unpack("<Q", f"offset of tensor {name!r}")
+        return name, shape, GGMLQuantizationType(raw_type), offset
 
     def _value(self, c: _Cursor, vtype: GGUFValueType, name: str, depth: int, decode: bool = False):
         if vtype in _SCALAR:
@@ -255,6 +320,16 @@ class GGUFFile:
             raw = f.read(entry.size)
         return self._value(_Cursor(raw, self.path), entry.type, key, 0, decode=True)[0]
 
+    def raw_values(self, keys) -> Dict[str, bytes]:
+        """The stored bytes of several values (without key and type), read in one go."""
+        out: Dict[str, bytes] = {}
+        with open(self.path, "rb") as f:
+            for key in keys:
+                entry = self.entries[key]
+                f.seek(entry.value_start)
+                out[key] = f.read(entry.size)
+        return out
+
     def raw_entry(self, key: str) -> bytes:
         entry = self.entries[key]
         with open(self.path, "rb") as f:
@@ -262,15 +337,32 @@ class GGUFFile:
             return f.read(entry.end - entry.start)
 
 
-def _nbytes(path: str, name: str, shape: Tuple[int, ...], ttype: GGMLQuantizationType) -> int:
-    block, type_size = GGML_QUANT_SIZES[ttype]
-    count = 1
-    for n in shape:
-        count *= n
-    if shape[0] % block:
-        raise CorruptGGUF(f"{path}: tensor {name!r} has {shape[0]} columns, not a multiple of the "
-                          f"{ttype.name} block size {block}; the file is corrupt")
-    return count // block * type_size
+def encode_value(vtype: GGUFValueType, value: Any,
+                 array_type: Optional[GGUFValueType] = None) -> bytes:
+    """The bytes of a value as GGUF stores it (without the key and the type tag)."""
+    vtype = GGUFValueType(vtype)
+    if vtype in _SCALAR:
+        if vtype == GGUFValueType.BOOL:
+            return struct.pack("<?", bool(value))
+        return struct.pack(_SCALAR[vtype], value)
+    if vtype == GGUFValueType.STRING:
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        return struct.pack("<Q", len(raw)) + raw
+    if array_type is None:
+        raise ValueError("an array value needs its element type")
+    array_type = GGUFValueType(array_type)
+    if array_type == GGUFValueType.ARRAY:
+        raise ValueError("nested arrays are not supported by this encoder")
+    parts = [struct.pack("<IQ", int(array_type), len(value))]
+    parts.extend(encode_value(array_type, item) for item in value)
+    return b"".join(parts)
+
+
+def encode_entry(key: str, vtype: GGUFValueType, value: Any,
+                 array_type: Optional[GGUFValueType] = None) -> bytes:
+    """A whole key/value entry: key string, type tag, value."""
+    return encode_value(GGUFValueType.STRING, key) + struct.pack("<I", int(vtype)) + \
+        encode_value(vtype, value, array_type)
 
 
 def _check_path(path: str) -> None:

@@ -16,6 +16,9 @@ from ._common import fail
 COMMANDS = {
     "info": "info",
     "freqs": "freqs",
+    "gguf-set": "gguf_set",
+    "gguf-reset": "gguf_set",
+    "args": "args",
 }
 
 

@@ -1,0 +1,222 @@
+"""`pyntk gguf-set` and `pyntk gguf-reset`: scale a GGUF model's RoPE in the file, reversibly.
+
+gguf-set writes the keys llama.cpp reads (base, scaling type/factor, original context) and raises
+ARCH.context_length, so llama-cli, llama-server, llama-cpp-python and Ollama use the longer context
+with no runtime flags. The original values stay inside the file; gguf-reset puts them back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+from .. import gguf_edit
+from ..errors import PyntkError
+from ..gguf_edit import EditPlan, apply, check_writable, f32_text, plan_reset, plan_set
+from ._common import (
+    METHODS_EPILOG,
+    add_command,
+    add_json,
+    add_scaling_options,
+    log,
+    positive_float,
+    positive_int,
+    print_json,
+)
+
+SET_EXAMPLES = """
+examples:
+  pyntk gguf-set --alpha 4 model.gguf          static NTK, context raised to what alpha 4 supports
+  pyntk gguf-set --ctx 32768 model.gguf        the smallest NTK alpha that reaches 32768 tokens
+  pyntk gguf-set --method yarn --factor 4 model.gguf
+  pyntk gguf-set --alpha 4 --dry-run model.gguf   show what would change, write nothing
+  pyntk gguf-reset model.gguf                  back to the original values
+"""
+
+
+def add_parser(sub, name: str) -> None:
+    if name == "gguf-reset":
+        p = add_command(
+            sub, name, run_reset, help="undo gguf-set: restore a model's original RoPE and context values",
+            description=textwrap.fill(
+                "Restore every RoPE and context value pyntk gguf-set changed, exactly as it was (type "
+                "and bytes), and remove pyntk's keys. llama.cpp then loads the model as before.", 100),
+        )
+        p.add_argument("model", help="path of a .gguf file edited by pyntk gguf-set")
+        _add_write_options(p)
+        return
+    p = add_command(
+        sub, name, run_set,
+        help="extend a GGUF model's context in the file (NTK/linear/YaRN), reversibly",
+        description=textwrap.fill(
+            "Write RoPE scaling into a GGUF model so llama.cpp (llama-cli, llama-server, "
+            "llama-cpp-python, Ollama) runs it with a longer context and no runtime flags. Parameters "
+            "are always computed from the model's original values, so repeated edits never compound; "
+            "the originals stay in the file for `pyntk gguf-reset`. In place (milliseconds) when every "
+            "value keeps its size, else an atomic rewrite (the first edit of a file).", 100),
+    )
+    p.epilog = SET_EXAMPLES + "\n" + METHODS_EPILOG + "\n(gguf-set writes none, ntk, linear and yarn: " \
+        "the methods llama.cpp can apply from the file)"
+    p.add_argument("model", help="path of a .gguf file")
+    p.add_argument("--ctx", type=positive_int, metavar="N",
+                   help="target context in tokens: derive the parameters from it (default method ntk) "
+                        "and write it as the new context length")
+    p.add_argument("--base", type=positive_float, metavar="B",
+                   help="explicit new rope base (static NTK)")
+    add_scaling_options(p)
+    p.add_argument("--force", action="store_true",
+                   help="also scale a model marked rope.scaling.finetuned, and overwrite an existing -o file")
+    _add_write_options(p)
+
+
+def _add_write_options(p) -> None:
+    p.add_argument("-o", "--output", metavar="OUT.gguf",
+                   help="write the edited model to this new file and leave the original untouched")
+    p.add_argument("--dry-run", action="store_true", help="show what would change, write nothing")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    add_json(p)
+
+
+def run_set(args) -> int:
+    for option in ("beta_fast", "beta_slow", "attn_factor"):
+        if getattr(args, option) is not None:
+            flag = "--" + option.replace("_", "-")
+            raise PyntkError(f"{flag} cannot be stored in the file for llama.cpp; pass it at run time "
+                             f"(`pyntk args MODEL ...` prints the flags)")
+    plan = plan_set(args.model, method=args.method, alpha=args.alpha, factor=args.factor, ctx=args.ctx,
+                    base=args.base, force=args.force, output=args.output)
+    return _execute(plan, args)
+
+
+def run_reset(args) -> int:
+    plan = plan_reset(args.model, output=args.output)
+    args.force = getattr(args, "force", False)
+    return _execute(plan, args)
+
+
+def _value(change_value, vtype) -> str:
+    if vtype is None:
+        return "(absent)"
+    if vtype.name == "FLOAT32":
+        return f32_text(change_value)
+    if isinstance(change_value, str):
+        return change_value.strip() if len(change_value) <= 40 else change_value.strip()[:37] + "..."
+    return str(change_value)
+
+
+def _print_plan(plan: EditPlan, dry_run: bool) -> None:
+    name = os.path.basename(plan.source)
+    if plan.action == "set":
+        t = plan.target
+        head = f"{name} ({plan.arch}): {t.scaling.describe()}"
+        if t.scaling.method == "ntk":
+            head += f", written as freq_base {f32_text(t.freq_base)}"
+        print(head)
+        why = ""
+        if plan.request.get("ctx") is None and t.scaling.method != "none":
+            why = f" ({t.scaling.method} keeps {t.supported_context} in distribution by pyntk plan's criterion"
+            why += ", rounded down to llama.cpp's 256-token padding)" if t.context != t.supported_context else ")"
+        print(f"  context {plan.original.original_context} -> {t.context} tokens{why}")
+    else:
+        print(f"{name} ({plan.arch}): restore the original values")
+    shown = [c for c in plan.changes if not c.key.startswith(gguf_edit.RECORD_PREFIX)]
+    record = [c for c in plan.changes if c.key.startswith(gguf_edit.RECORD_PREFIX)]
+    width = max([len(c.key) for c in shown] + [0])
+    for c in shown:
+        old = _value(c.old_value, c.old.type if c.old else None)
+        new = _value(c.new.value if c.new else None, c.new.type if c.new else None)
+        print(f"  {c.key:<{width}}  {old} -> {new}")
+    if record:
+        added = sum(1 for c in record if c.old is None)
+        removed = sum(1 for c in record if c.new is None)
+        if plan.action == "reset":
+            print(f"  - pyntk's record removed ({removed} pyntk.* keys)")
+        elif added:
+            print(f"  + pyntk's record of the original values ({added} pyntk.* keys, for gguf-reset)")
+        else:
+            print("  pyntk.scaling updated")
+    if plan.output != plan.source:
+        print(f"  written to {plan.output}; the original stays untouched")
+    for note in plan.notes:
+        log(f"note: {note}")
+    if plan.nothing_to_do:
+        return
+    if plan.in_place:
+        how = "in place: every changed value keeps its size (milliseconds, whatever the file size)"
+    else:
+        data = plan.data_bytes
+        how = (f"rewrite ({plan.reason}): metadata re-encoded, {gguf_edit._size(data)} of tensor data "
+               f"copied unchanged to a temporary file, then renamed over the original")
+        if plan.output != plan.source:
+            how = f"new file: metadata re-encoded, {gguf_edit._size(data)} of tensor data copied unchanged"
+        if plan.action == "set" and plan.output == plan.source:
+            how += "; later edits of this file are in place"
+    print(("would be " if dry_run else "") + how)
+
+
+def _confirm(plan: EditPlan) -> bool:
+    what = "write the edited copy" if plan.output != plan.source else f"edit {plan.source}"
+    sys.stderr.write(f"{what}? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+def _execute(plan: EditPlan, args) -> int:
+    if plan.output != plan.source and os.path.exists(plan.output) and not args.force:
+        raise PyntkError(f"{plan.output}: already exists; choose another -o name or pass --force to overwrite it")
+    if not args.dry_run and not plan.nothing_to_do:
+        check_writable(plan)  # refuse before showing a plan that cannot be carried out
+    data = plan.to_dict()
+    data["dry_run"] = bool(args.dry_run)
+    if not args.json:
+        _print_plan(plan, args.dry_run)
+    if plan.nothing_to_do:
+        if args.json:
+            data.update(applied=False, result=None)
+            print_json(data)
+        else:
+            print("nothing to do: the file already has these values")
+        return 0
+    if args.dry_run:
+        try:
+            check_writable(plan)
+        except PyntkError as e:
+            (data.setdefault("notes", [])).append(f"the edit would be refused: {e}")
+            if not args.json:
+                log(f"note: the edit would be refused: {e}")
+        if args.json:
+            data.update(applied=False, result=None)
+            print_json(data)
+        else:
+            print("dry run: nothing written")
+        return 0
+    if sys.stdin is not None and sys.stdin.isatty() and not args.yes:
+        if not _confirm(plan):
+            log("cancelled: nothing written")
+            return 1
+    bar = None
+    if not plan.in_place:
+        from tqdm import tqdm
+        total = plan.data_bytes
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="copying tensor data",
+                   file=sys.stderr, disable=args.json or not sys.stderr.isatty(), leave=False)
+    try:
+        result = apply(plan, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    for stale in result.removed_temps:
+        log(f"note: removed {stale}, a temporary file left by an interrupted edit")
+    if args.json:
+        data.update(applied=True, result=result.to_dict())
+        print_json(data)
+        return 0
+    where = plan.output
+    if plan.action == "set":
+        print(f"done ({result.mode}, {result.seconds * 1000:.0f} ms): llama.cpp now runs {where} with "
+              f"context {plan.target.context} and no flags; undo with: pyntk gguf-reset {where}")
+    else:
+        print(f"done ({result.mode}, {result.seconds * 1000:.0f} ms): {where} has its original values again")
+    return 0
