@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import pyntk
-from pyntk import reference, rope
+from pyntk import reference
 from pyntk import ggml as pyntk_ggml
 from pyntk.scaling import RopeScaling
+from test_rotate import _pairs, kernel  # noqa: F401 - kernel is a fixture
 
 EPS32 = 2.0**-24
 
@@ -34,18 +35,6 @@ SHAPES = [(5, 3, 64, 64), (9, 7, 80, 80), (4, 5, 96, 96), (3, 17, 128, 128), (2,
 def ggml():
     pytest.importorskip("llama_cpp")
     return pyntk_ggml
-
-
-@pytest.fixture(params=rope.kernels())
-def kernel(request):
-    with rope.use_kernel(request.param):
-        yield request.param
-
-
-def _pairs(a, d, mode):
-    if mode == "neox":
-        return a[..., : d // 2], a[..., d // 2 : d]
-    return a[..., 0:d:2], a[..., 1:d:2]
 
 
 def llama_cpp_tolerance(x, positions, scaling, mode):
