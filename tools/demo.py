@@ -2,11 +2,12 @@
 """The main job, end to end, on the real test model (SmolLM2-135M-Instruct Q4_1, 8k context).
 
 Copies the model to demo/, extends it with `pyntk gguf-set --alpha 4`, shows the settings
-before and after, and loads it in llama-cpp-python with the longer context.
+before and after, and loads it in llama-cpp-python with the longer context and no rope flags.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -14,14 +15,17 @@ import sys
 from pathlib import Path
 
 from fetch_model import fetch
+from llama_cpp import Llama
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pyntk(*args: str) -> str:
-    print(f"\n$ pyntk {shlex.join(args)}", flush=True)
+def pyntk(*args: str, show: bool = True) -> str:
+    if show:
+        print(f"\n$ pyntk {shlex.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", "pyntk.cli", *args], capture_output=True, text=True)
-    print(proc.stdout, end="")
+    if show:
+        print(proc.stdout, end="")
     print(proc.stderr, end="", file=sys.stderr)
     if proc.returncode:
         raise SystemExit(proc.returncode)
@@ -35,18 +39,15 @@ def main() -> int:
     rel = str(model.relative_to(Path.cwd()) if model.is_relative_to(Path.cwd()) else model)
     pyntk("info", rel)
     pyntk("gguf-set", "--alpha", "4", "--yes", rel)
-    info = pyntk("info", rel, "--json")
-    import json
-
-    ctx = json.loads(info)["context_length"]
-    from llama_cpp import Llama
+    pyntk("info", rel)
+    ctx = json.loads(pyntk("info", rel, "--json", show=False))["context_length"]
 
     print(f"\n# loading {rel} in llama-cpp-python with n_ctx={ctx}, no rope flags", flush=True)
     llm = Llama(model_path=str(model), n_ctx=ctx, n_threads=2, verbose=False)
     out = llm("The capital of France is", max_tokens=12, temperature=0.0)
     print(f"# n_ctx={llm.n_ctx()}, generated: {out['choices'][0]['text']!r}")
     llm.close()
-    pyntk("gguf-reset", "--yes", rel)
+    print(f"\n# {rel} stays extended; `pyntk gguf-reset {rel}` restores it exactly")
     return 0
 
 
