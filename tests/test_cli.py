@@ -56,7 +56,7 @@ def test_info_on_the_real_model(model_path):
     assert (data["scaling_type"], data["factor"], data["original_context"]) == ("linear", 1.0, 8192)
     assert "llama.rope.scaling.type" in data["defaulted"]
     assert "llama.rope.freq_base" not in data["defaulted"]
-    assert data["effective_scaling"]["method"] == "none"
+    assert data["effective_scaling"] == {"method": "none", "summary": "none, base 100000"}
     text = run("info", model_path, check=0).stdout
     assert "training context   8192" in text
     assert "scaling type       linear  (default)" in text

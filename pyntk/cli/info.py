@@ -23,7 +23,8 @@ def add_parser(sub, name: str) -> None:
 
 def _effective(info) -> dict:
     scaling: RopeScaling = info.scaling()
-    return {"method": scaling.method, "summary": scaling.describe()}
+    # The base does the work of static NTK, so say which base llama.cpp will use.
+    return {"method": scaling.method, "summary": f"{scaling.describe()}, base {scaling.base:g}"}
 
 
 def _record_rows(info, record, path) -> list:
