@@ -19,6 +19,7 @@ COMMANDS = {
     "gguf-set": "gguf_set",
     "gguf-reset": "gguf_set",
     "args": "args",
+    "verify": "verify",
 }
 
 
