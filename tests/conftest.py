@@ -2,7 +2,10 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
+# Before numpy loads OpenBLAS: its threads fight llama.cpp's and pyntk's for 2 cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
