@@ -29,6 +29,7 @@ from .scaling import RopeScaling
 
 DEFAULT_BASE = 10000.0  # llama.cpp's rope_freq_base_train when the key is absent
 DEFAULT_TYPE = "linear"  # llama.cpp's scaling type when the key is absent
+# In the order of llama.cpp's enum llama_rope_scaling_type, so the index is its value.
 LLAMA_CPP_TYPES = ("none", "linear", "yarn", "longrope")
 
 # Architectures that encode positions without RoPE (absolute, ALiBi, recurrent ...).
@@ -1109,9 +1110,6 @@ def _unlink(path: str) -> None:
 
 # --- the same scaling at run time ----------------------------------------------------------------
 
-LLAMA_CPP_PYTHON_TYPES = {"none": 0, "linear": 1, "yarn": 2}  # llama_cpp.LLAMA_ROPE_SCALING_TYPE_*
-
-
 def runtime_settings(target: Target, arch: str, *, beta_fast: Optional[float] = None,
                      beta_slow: Optional[float] = None, attn_factor: Optional[float] = None) -> Dict[str, Any]:
     """llama.cpp flags, the --override-kv form and llama-cpp-python kwargs equivalent to gguf-set.
@@ -1127,16 +1125,22 @@ def runtime_settings(target: Target, arch: str, *, beta_fast: Optional[float] = 
              "--override-kv", f"{ctx_key}=int:{target.context}"]
     kwargs: Dict[str, Any] = {
         "n_ctx": target.context,
-        "rope_scaling_type": LLAMA_CPP_PYTHON_TYPES[target.scaling_type],
+        "rope_scaling_type": LLAMA_CPP_TYPES.index(target.scaling_type),
         "rope_freq_base": target.freq_base,
         "rope_freq_scale": f32(1.0 / target.factor),
         "yarn_orig_ctx": target.original_context,
         "kv_overrides": {ctx_key: target.context},
     }
-    for name, value in (("beta_fast", beta_fast), ("beta_slow", beta_slow), ("attn_factor", attn_factor)):
+    for name, value in (("beta_fast", beta_fast), ("beta_slow", beta_slow)):
         if value is not None:
             flags += [f"--yarn-{name.replace('_', '-')}", f"{value:g}"]
             kwargs[f"yarn_{name}"] = value
+    if attn_factor is not None:
+        # llama.cpp recomputes its yarn_attn_factor parameter from the factor (llama-context.cpp),
+        # so only the file key, multiplied in afterwards, changes the temperature.
+        attn_key = key(Keys.Rope.SCALING_ATTN_FACTOR, arch)
+        flags += ["--override-kv", f"{attn_key}=float:{attn_factor:g}"]
+        kwargs["kv_overrides"][attn_key] = float(attn_factor)
     override = ["-c", str(target.context)]
     for name, value in (
         (ctx_key, f"int:{target.context}"),

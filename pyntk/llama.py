@@ -17,11 +17,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import PyntkError
-from .gguf_edit import RopeInfo, read_rope
+from .gguf_edit import LLAMA_CPP_TYPES, RopeInfo, read_rope
 from .scaling import RopeScaling
 
 # enum llama_rope_scaling_type in llama.h
-ROPE_SCALING_TYPES = {"none": 0, "linear": 1, "yarn": 2}
 _QUIET = None
 
 
@@ -32,14 +31,14 @@ def llama_kwargs(scaling: RopeScaling, info: RopeInfo) -> dict:
     kw: dict = {"rope_freq_base": s.base, "rope_freq_scale": 1.0, "yarn_ext_factor": 0.0}
     attention = 1.0
     if s.method == "none":
-        kw["rope_scaling_type"] = ROPE_SCALING_TYPES["none"]
+        kw["rope_scaling_type"] = LLAMA_CPP_TYPES.index("none")
     elif s.method == "linear":
-        kw.update(rope_scaling_type=ROPE_SCALING_TYPES["linear"], rope_freq_scale=1.0 / s.factor)
+        kw.update(rope_scaling_type=LLAMA_CPP_TYPES.index("linear"), rope_freq_scale=1.0 / s.factor)
     elif s.method == "ntk":
         # static NTK is only a larger base to llama.cpp
-        kw.update(rope_scaling_type=ROPE_SCALING_TYPES["none"], rope_freq_base=s.ntk_base)
+        kw.update(rope_scaling_type=LLAMA_CPP_TYPES.index("none"), rope_freq_base=s.ntk_base)
     elif s.method in ("yarn", "ntk-by-parts"):
-        kw.update(rope_scaling_type=ROPE_SCALING_TYPES["yarn"], rope_freq_scale=1.0 / s.factor,
+        kw.update(rope_scaling_type=LLAMA_CPP_TYPES.index("yarn"), rope_freq_scale=1.0 / s.factor,
                   yarn_ext_factor=1.0, yarn_orig_ctx=s.original_context,
                   yarn_beta_fast=s.beta_fast, yarn_beta_slow=s.beta_slow)
         # llama.cpp always applies YaRN's temperature 0.1*ln(s)+1 and multiplies it by the file's

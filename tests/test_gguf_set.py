@@ -574,6 +574,17 @@ def test_args_prints_runtime_settings_and_leaves_the_file(model, capsys):
                   "yarn_beta_fast": 16.0}
 
 
+def test_args_sets_yarn_attn_factor_through_the_file_key(model, capsys):
+    # llama.cpp overwrites its yarn_attn_factor parameter; only the key reaches the kernel.
+    rc, out, _ = cli(capsys, "args", model, "--method", "yarn", "--factor", "4", "--attn-factor", "0.9",
+                     "--json")
+    settings = json.loads(out)
+    assert rc == 0 and "yarn_attn_factor" not in settings["llama_cpp_python"]
+    assert settings["llama_cpp_python"]["kv_overrides"]["llama.rope.scaling.attn_factor"] == 0.9
+    assert "llama.rope.scaling.attn_factor=float:0.9" in settings["llama_cpp_flags"]
+    assert "--yarn-attn-factor" not in settings["llama_cpp_flags"]
+
+
 def test_args_uses_the_original_values_of_an_edited_file(model, capsys):
     rc, fresh, _ = cli(capsys, "args", model, "--alpha", "4", "--json")
     apply(plan_set(model, method="yarn", factor=8))
