@@ -107,8 +107,9 @@ const double* inv_table(const py::array& inv, int64_t* half) {
     *half = inv.shape(0);
     if (*half < 1) value_error("inv_freq must have at least one frequency");
     const double* data = static_cast<const double*>(inv.data());
+    // Scalings only ever slow pairs down, so 0 <= inv <= 1 and an angle is at most its position.
     for (int64_t i = 0; i < *half; ++i)
-        if (!std::isfinite(data[i])) value_error("inv_freq must be finite");
+        if (!(data[i] >= 0.0 && data[i] <= 1.0)) value_error("inv_freq must lie in [0, 1], got " + std::to_string(data[i]));
     return data;
 }
 
@@ -118,8 +119,12 @@ void check_positions(const py::array& pos, py::ssize_t ndim_max) {
         !native_order(pos.dtype()) || !(pos.flags() & py::array::c_style))
         type_error("positions must be a contiguous int64 array");
     const int64_t* p = static_cast<const int64_t*>(pos.data());
+    // Past 2^53 a double no longer holds every integer, so neither the angle nor its reduction
+    // modulo 2pi (which the SIMD kernels rely on) would mean anything.
+    constexpr int64_t max_pos = int64_t(1) << 53;
     for (py::ssize_t i = 0; i < pos.size(); ++i)
-        if (p[i] < 0) value_error("positions must be non-negative, got " + std::to_string(p[i]));
+        if (p[i] < 0 || p[i] > max_pos)
+            value_error("positions must be non-negative and at most 2^53, got " + std::to_string(p[i]));
 }
 
 void check_attn(double attn) {

@@ -107,8 +107,9 @@ def read_rope(file_or_path) -> RopeInfo:
     gguf = file_or_path if hasattr(file_or_path, "value") else GGUFFile(file_or_path, layout_key=LAYOUT_KEY)
     path = gguf.path
     arch = gguf.value(Keys.General.ARCHITECTURE)
-    if not isinstance(arch, str) or not arch:
-        raise PyntkError(f"{path}: no general.architecture key; this GGUF is not a model llama.cpp can load")
+    if not isinstance(arch, str) or not arch or not arch.isprintable():  # it goes into key names, messages
+        raise PyntkError(f"{path}: general.architecture is missing or not a name ({arch!r}); this GGUF is "
+                         f"not a model llama.cpp can load")
     if arch in NO_ROPE_ARCHS:
         raise PyntkError(f"{path}: architecture {arch!r} does not use RoPE, so there is nothing to scale")
     defaulted = []
@@ -362,6 +363,29 @@ class Target:
                 "original_context": self.original_context}
 
 
+def _as_f32(value: float, what: str, fix: str = "") -> float:
+    """``value`` rounded to float32 for the file; a ValueError if it does not fit."""
+    try:
+        stored = f32(value)
+    except OverflowError:
+        stored = math.inf
+    if not math.isfinite(stored):
+        raise ValueError(f"{what} {value:g} does not fit GGUF's float32 (at most 3.4e+38){fix}")
+    return stored
+
+
+def _check_scalable(original: RopeInfo) -> None:
+    """Refuse, as a problem of the file, original values no scaling can start from (a context of 0,
+    a base <= 1, odd dimensions): they would otherwise fail deep in the arithmetic."""
+    try:
+        RopeScaling(method="none", base=original.base, dims=original.dims,
+                    original_context=original.original_context)
+        _as_f32(original.base, "rope.freq_base")  # a float64 in the file may be past float32's range
+    except ValueError as e:
+        raise PyntkError(f"{original.path}: the model's own RoPE values cannot be scaled: {e}; the file is "
+                         f"corrupt or was written by a broken converter") from None
+
+
 def plan_target(original: RopeInfo, *, method: Optional[str] = None, alpha: Optional[float] = None,
                 factor: Optional[float] = None, ctx: Optional[int] = None,
                 base: Optional[float] = None) -> Target:
@@ -370,6 +394,7 @@ def plan_target(original: RopeInfo, *, method: Optional[str] = None, alpha: Opti
     ``--ctx`` alone means ntk with the smallest alpha reaching it; ``--base`` alone means ntk with
     that base. The context written is ``ctx`` when given, else what the scaling supports.
     """
+    _check_scalable(original)
     L0, b0, d = original.original_context, original.base, original.dims
     if method is None:
         if alpha is not None or base is not None:
@@ -423,13 +448,18 @@ def plan_target(original: RopeInfo, *, method: Optional[str] = None, alpha: Opti
         elif alpha is None:
             alpha = alpha_for_context(ctx, d, b0, L0)
         scaling = RopeScaling(method="ntk", alpha=alpha, **common)
-        stored_base = f32(base if base is not None else scaling.ntk_base)
+        try:
+            new_base = base if base is not None else scaling.ntk_base
+        except OverflowError:  # alpha ** (d/(d-2)) past the largest double
+            new_base = math.inf
+        stored_base = _as_f32(new_base, "the new rope base", "; choose a smaller --alpha or --base")
     else:
         if factor is None:
             factor = ctx / L0
         extra = {"original_context": L0} if method == "yarn" else {}
         scaling = RopeScaling(method=method, factor=factor, **common, **extra)
         stored_base = f32(b0)
+    stored_factor = _as_f32(scaling.factor, "--factor") if method in ("linear", "yarn") else 1.0
     supported = supported_context(scaling, L0)
     # Rounded down to llama.cpp's context padding: its default n_ctx (the training context, padded
     # up to a multiple of 256) then stays within what the scaling supports.
@@ -439,9 +469,7 @@ def plan_target(original: RopeInfo, *, method: Optional[str] = None, alpha: Opti
                          f"holds; choose a smaller --alpha/--factor or give --ctx")
     return Target(
         scaling=scaling, context=context, supported_context=supported, freq_base=stored_base,
-        scaling_type=FILE_METHODS[method],
-        factor=f32(scaling.factor) if method in ("linear", "yarn") else 1.0,
-        original_context=L0,
+        scaling_type=FILE_METHODS[method], factor=stored_factor, original_context=L0,
     )
 
 
@@ -692,7 +720,8 @@ def _plan_set(gguf: GGUFFile, source: str, request: Dict[str, Any]) -> EditPlan:
         try:  # keep pyntk.scaling unchanged when only the pyntk version in it would differ
             old = json.loads(current_json)
             new = json.loads(desired[SCALING_KEY].value)
-            if {k: v for k, v in old.items() if k != "pyntk"} == {k: v for k, v in new.items() if k != "pyntk"}:
+            if isinstance(old, dict) and ({k: v for k, v in old.items() if k != "pyntk"}
+                                          == {k: v for k, v in new.items() if k != "pyntk"}):
                 desired[SCALING_KEY] = _new(_STR, current_json)
         except ValueError:
             pass
@@ -824,8 +853,13 @@ def temp_name(output: str, pid: Optional[int] = None) -> str:
     return os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid() if pid is None else pid}")
 
 
-def stale_temps(output: str) -> List[str]:
-    """Temporary files of interrupted edits of ``output`` (their process is gone)."""
+def stale_temps(output: str, *, own: bool = False) -> List[str]:
+    """Temporary files of interrupted edits of ``output`` (their process is gone).
+
+    ``own`` counts one named with this process's id as stale too: right only under the edit lock,
+    before this edit creates its own (a process started again in a fresh container often gets the
+    id of the one that was killed, and O_EXCL would then refuse every later rewrite).
+    """
     directory, name = os.path.split(output)
     prefix = f".{name}{TEMP_MARK}"
     found = []
@@ -840,9 +874,21 @@ def stale_temps(output: str) -> List[str]:
             pid = int(entry[len(prefix):])
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if (own and pid == os.getpid()) or (pid != os.getpid() and not _alive(pid)):
             found.append(os.path.join(directory, entry))
     return found
+
+
+def remove_stale_temps(output: str, *, own: bool = False) -> List[str]:
+    """Delete ``stale_temps(output)``; returns those removed."""
+    removed = []
+    for stale in stale_temps(output, own=own):
+        try:
+            os.unlink(stale)
+            removed.append(stale)
+        except OSError:
+            pass
+    return removed
 
 
 def _alive(pid: int) -> bool:
@@ -858,8 +904,13 @@ def _alive(pid: int) -> bool:
 def apply(plan: EditPlan, *, progress: Optional[Callable[[int], None]] = None) -> EditResult:
     """Carry out a plan: re-check it under the lock, then patch in place or rewrite atomically."""
     started = time.perf_counter()
-    if plan.nothing_to_do:
-        return EditResult(plan, "nothing", 0.0, 0)
+    if plan.nothing_to_do:  # still clear up after an interrupted edit, unless an edit is under way
+        try:
+            with _locked(plan.source):
+                removed = remove_stale_temps(plan.output, own=True)
+        except PyntkError:  # another edit holds the lock: a temporary file may be its own
+            removed = []
+        return EditResult(plan, "nothing", 0.0, 0, removed)
     check_writable(plan)
     with _locked(plan.source):
         # Re-validate under the lock: an in-place edit re-parses (cheap with the layout hint); a
@@ -874,13 +925,7 @@ def apply(plan: EditPlan, *, progress: Optional[Callable[[int], None]] = None) -
         if fresh.signature() != plan.signature() or fresh.output != plan.output:
             raise PyntkError(f"{plan.source}: the file changed while this edit was being prepared; "
                              f"run the command again")
-        removed = []
-        for stale in stale_temps(fresh.output):
-            try:
-                os.unlink(stale)
-                removed.append(stale)
-            except OSError:
-                pass
+        removed = remove_stale_temps(fresh.output, own=True)
         if fresh.in_place:
             written = _patch(fresh)
             mode = "in-place"
@@ -954,6 +999,8 @@ def build_metadata(src: GGUFFile, desired: Dict[str, Optional[NewValue]], arch: 
             v = desired[e.key]
             if v is not None:
                 pieces.append((e.key, encode(e.key, v)))
+        elif e.key == LAYOUT_KEY:  # filled in below; one of another type (a damaged file) is replaced
+            pieces.append((e.key, encode_entry(e.key, GGUFValueType.ARRAY, [0, 0], GGUFValueType.UINT64)))
         else:
             pieces.append((e.key, head[e.start:e.end]))
         if i == anchor:

@@ -10,11 +10,13 @@ copied verbatim into a rewritten file. Names and types come from gguf-py.
 
 A tool that validated a whole file and knows which keys it needs can leave a *layout hint*:
 a ``uint64[2]`` key holding ``[prefix_end, kv_end]``, meaning "no key this tool reads lies
-after byte prefix_end, and the tensor infos start at kv_end". ``GGUFFile(path,
-layout_key=...)`` then stops walking the key/values at prefix_end (skipping the vocabulary,
-tens of thousands of strings) and validates the tensor infos at kv_end instead. A hint that
-does not line up exactly (the file was rewritten by another tool) is ignored and the whole
-file is walked; ``partial`` tells which happened.
+after byte prefix_end, and the tensor infos start at kv_end"; the keys a tool reads are those
+of its namespace (the layout key's first component), of the architecture, and
+general.architecture and general.alignment. ``GGUFFile(path, layout_key=...)`` then stops
+walking the key/values at prefix_end (skipping the vocabulary, tens of thousands of strings)
+and validates the tensor infos at kv_end instead. A hint that does not line up exactly (the
+file was rewritten by another tool, or the hint is damaged) is ignored and the whole file is
+walked; ``partial`` tells which happened. The skipped bytes are not validated.
 """
 
 from __future__ import annotations
@@ -191,12 +193,25 @@ class GGUFFile:
             if name == self._layout_key and atype == GGUFValueType.UINT64 and alen == 2:
                 layout = value
             if layout is not None and c.off == layout[0] and index + 1 < self.kv_count:
-                if self._tail_from_hint(buf, layout[1], c.off):
+                # The next key must be one the hint does not cover: a hint pointing at an earlier
+                # entry boundary (damaged) would otherwise hide keys the tool reads.
+                next_key = _peek_key(buf, c.off)
+                if not self._hint_covers(next_key) and self._tail_from_hint(buf, layout[1], c.off):
                     return
                 layout = None  # stale hint: walk on
         self.kv_end = c.off
         self._set_alignment()
         self._tensor_infos(c)
+
+    def _hint_covers(self, name: Optional[str]) -> bool:
+        """Whether a layout hint claims that no key ``name`` (None: unreadable) lies past its prefix."""
+        if name is None or name in ("general.architecture", "general.alignment"):
+            return True
+        arch = self.entries.get("general.architecture")
+        namespaces = [self._layout_key.split(".")[0] + "."]
+        if arch is not None and isinstance(arch.value, str):
+            namespaces.append(arch.value + ".")
+        return name.startswith(tuple(namespaces))
 
     def _tail_from_hint(self, buf, kv_end: int, prefix_end: int) -> bool:
         """Parse the tensor infos at a recorded kv_end; False if they do not line up."""
@@ -363,6 +378,17 @@ def encode_entry(key: str, vtype: GGUFValueType, value: Any,
     """A whole key/value entry: key string, type tag, value."""
     return encode_value(GGUFValueType.STRING, key) + struct.pack("<I", int(vtype)) + \
         encode_value(vtype, value, array_type)
+
+
+def _peek_key(buf, off: int) -> Optional[str]:
+    """The key of the entry at ``off``, or None if it is not a readable string."""
+    try:
+        (n,) = _U64.unpack_from(buf, off)
+        if off + 8 + n > len(buf):
+            return None
+        return str(buf[off + 8:off + 8 + n], "utf-8")
+    except (struct.error, UnicodeDecodeError):
+        return None
 
 
 def _check_path(path: str) -> None:

@@ -22,7 +22,7 @@ def inv_freq(scaling: RopeScaling, seq_len: Optional[int] = None) -> Tuple[np.nd
     """
     if not isinstance(scaling, RopeScaling):
         raise TypeError(f"scaling must be a pyntk.RopeScaling, got {type(scaling).__name__}")
-    if seq_len is not None and (isinstance(seq_len, bool) or int(seq_len) != seq_len or seq_len < 0):
+    if seq_len is not None and not (_whole(seq_len) and seq_len >= 0):
         raise ValueError(f"seq_len must be a non-negative whole number of tokens, got {seq_len!r}")
     s = scaling
     return _core.inv_freq(
@@ -30,6 +30,13 @@ def inv_freq(scaling: RopeScaling, seq_len: Optional[int] = None) -> Tuple[np.nd
         s.beta_fast, s.beta_slow, s.attn_factor, s.low_freq_factor, s.high_freq_factor,
         float(seq_len or 0),
     )
+
+
+def _whole(value) -> bool:
+    try:
+        return not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):  # "10", nan, inf
+        return False
 
 
 _MODES = {"neox": _core.RopeMode.neox, "normal": _core.RopeMode.normal}

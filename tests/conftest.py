@@ -8,6 +8,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest
 
+from pyntk import rope  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -23,6 +25,13 @@ def seed() -> int:
 @pytest.fixture
 def rng():
     return np.random.default_rng(seed())
+
+
+@pytest.fixture(params=rope.kernels())
+def kernel(request):
+    """Each rotation kernel this CPU has, made the active one for the test."""
+    with rope.use_kernel(request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="session")

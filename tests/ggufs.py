@@ -9,10 +9,12 @@ overridden, given an explicit type as ``(value, GGUFValueType)``, or left out wi
 ``write_gguf(path, kv, ...)`` writes them with tensors and a vocabulary; ``write_model`` does both.
 With ``complete=True`` (llama, qwen2) the file has every tensor llama.cpp needs, so llama-cpp-python
 can load it (random weights, byte-level BPE vocabulary). ``data_bytes`` adds a filler tensor of
-that many bytes, streamed, so multi-GiB files cost no memory.
+that many bytes, streamed, so multi-GiB files cost no memory; ``hole_bytes`` puts a tensor of that
+many bytes first and leaves it a hole (a sparse file: no disk blocks, no time), so the other tensors
+lie past it, e.g. past 4 GiB.
 
 Helpers for tests: ``data_hash`` (sha256 of the tensor data section), ``file_hash``, ``truncate``,
-``patch_bytes``.
+``patch_bytes``, ``kv_of`` (a file's key/values, typed, to write them again).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ ABSENT = object()  # a key's value meaning "leave this key out"
 logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)  # no "Little Endian only" chatter
 
 __all__ = ["ABSENT", "ARCHS", "model_kv", "write_gguf", "write_model", "data_hash", "file_hash",
-           "truncate", "patch_bytes", "Tensor"]
+           "truncate", "patch_bytes", "kv_of", "Tensor"]
 
 # (name, shape in GGUF order (ne0 first), type); data is random unless given
 Tensor = Tuple[str, Tuple[int, ...], GGMLQuantizationType]
@@ -197,7 +199,7 @@ def _tensor_bytes(shape: Sequence[int], ttype: GGMLQuantizationType, rng: np.ran
 
 def write_gguf(path: Union[str, Path], kv: Dict[str, Any], *, tensors: Optional[Iterable[Tensor]] = None,
                vocab_size: int = 0, merges: int = 0, data_bytes: int = 0, alignment: Optional[int] = None,
-               seed: int = 0, complete: bool = False) -> Path:
+               seed: int = 0, complete: bool = False, hole_bytes: int = 0) -> Path:
     """Write a GGUF file; returns its path.
 
     kv          key/values in file order (values as in ``model_kv``); tokenizer keys are appended
@@ -205,6 +207,7 @@ def write_gguf(path: Union[str, Path], kv: Dict[str, Any], *, tensors: Optional[
     tensors     (name, shape, type) with random data; default: a few small mixed-type tensors
     complete    every tensor llama.cpp needs for kv's architecture (llama, qwen2)
     data_bytes  extra I8 tensor 'filler.weight' of this many bytes, streamed in 64 MiB chunks
+    hole_bytes  a first I8 tensor 'hole.weight' of this many bytes, never written: a hole
     alignment   general.alignment (default: absent, i.e. 32)
     """
     path = Path(path)
@@ -221,6 +224,8 @@ def write_gguf(path: Union[str, Path], kv: Dict[str, Any], *, tensors: Optional[
     tensors = list(tensors)
     if data_bytes:
         tensors.append(("filler.weight", (int(data_bytes),), GGMLQuantizationType.I8))
+    if hole_bytes:
+        tensors.insert(0, ("hole.weight", (int(hole_bytes),), GGMLQuantizationType.I8))
 
     writer = GGUFWriter(str(path), arch=arch)
     writer.kv_data[0].clear()  # GGUFWriter pre-adds the architecture; we write kv in our order
@@ -244,6 +249,9 @@ def write_gguf(path: Union[str, Path], kv: Dict[str, Any], *, tensors: Optional[
         if name == "filler.weight" and data_bytes:
             _stream_filler(fout, int(data_bytes), rng)
             n = int(data_bytes)
+        elif name == "hole.weight" and hole_bytes:
+            n = int(hole_bytes)
+            fout.seek(n, os.SEEK_CUR)  # tensors follow, so the file grows past the hole
         else:
             raw = _tensor_bytes(shape, ttype, rng)
             fout.write(raw)
@@ -266,11 +274,27 @@ def _stream_filler(fout, n: int, rng: np.random.Generator) -> None:
 def write_model(path: Union[str, Path], arch: str = "llama", *, vocab_size: int = 32, merges: int = 8,
                 tensors: Optional[Iterable[Tensor]] = None, data_bytes: int = 0,
                 alignment: Optional[int] = None, seed: int = 0, complete: bool = False,
-                **kv_options: Any) -> Path:
+                hole_bytes: int = 0, **kv_options: Any) -> Path:
     """``write_gguf(path, model_kv(arch, **kv_options), ...)``: a small model of ``arch``."""
     kv = model_kv(arch, **kv_options)
     return write_gguf(path, kv, tensors=tensors, vocab_size=vocab_size, merges=merges,
-                      data_bytes=data_bytes, alignment=alignment, seed=seed, complete=complete)
+                      data_bytes=data_bytes, alignment=alignment, seed=seed, complete=complete,
+                      hole_bytes=hole_bytes)
+
+
+def kv_of(path: Union[str, Path]) -> Dict[str, Any]:
+    """Every key/value of a GGUF file in file order, typed as ``write_gguf`` takes them.
+
+    Written again with the same tensor infos' start, the key/values are byte for byte the same, so
+    a pyntk record (and its layout hint) carries over to a file with other tensors.
+    """
+    from pyntk.gguf_file import GGUFFile
+    g = GGUFFile(str(path))
+    out: Dict[str, Any] = {}
+    for name, e in g.entries.items():
+        value = g.value(name)
+        out[name] = (value, e.type, e.array_type) if e.array_type is not None else (value, e.type)
+    return out
 
 
 def data_hash(path: Union[str, Path]) -> str:

@@ -9,7 +9,7 @@ import pyntk
 from pyntk import reference
 from pyntk import ggml as pyntk_ggml
 from pyntk.scaling import RopeScaling
-from test_rotate import _pairs, kernel  # noqa: F401 - kernel is a fixture
+from test_rotate import _pairs
 
 EPS32 = 2.0**-24
 

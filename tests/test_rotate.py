@@ -53,12 +53,6 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(params=KERNELS)
-def kernel(request):
-    with rope.use_kernel(request.param):
-        yield request.param
-
-
 def _pairs(a, d, mode):
     """The two members of every rotated pair of a[..., :d]."""
     if mode == "neox":

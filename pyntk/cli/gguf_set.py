@@ -163,6 +163,11 @@ def _confirm(plan: EditPlan) -> bool:
     return answer in ("y", "yes")
 
 
+def _note_removed(paths) -> None:
+    for stale in paths:
+        log(f"note: removed {stale}, a temporary file left by an interrupted edit")
+
+
 def _execute(plan: EditPlan, args) -> int:
     if plan.output != plan.source and os.path.exists(plan.output) and not args.force:
         raise PyntkError(f"{plan.output}: already exists; choose another -o name or pass --force to overwrite it")
@@ -173,6 +178,8 @@ def _execute(plan: EditPlan, args) -> int:
     if not args.json:
         _print_plan(plan, args.dry_run)
     if plan.nothing_to_do:
+        if not args.dry_run:
+            _note_removed(apply(plan).removed_temps)
         if args.json:
             data.update(applied=False, result=None)
             print_json(data)
@@ -207,8 +214,7 @@ def _execute(plan: EditPlan, args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    for stale in result.removed_temps:
-        log(f"note: removed {stale}, a temporary file left by an interrupted edit")
+    _note_removed(result.removed_temps)
     if args.json:
         data.update(applied=True, result=result.to_dict())
         print_json(data)
