@@ -1,5 +1,11 @@
 """llama-cpp-python bridge: run a GGUF model in llama.cpp with the file's RoPE settings or a
-RopeScaling override, and read the logits of tokens decoded at explicit positions.
+RopeScaling override.
+
+- :class:`Session` decodes tokens at explicit positions and returns every logit (pyntk verify);
+- :class:`Model` and its :class:`Context` stream: logits only for the rows asked for, batch by
+  batch (pyntk ppl);
+- :class:`DynamicNTK` gives every request the Dynamic NTK base for its length, which llama.cpp
+  itself lacks.
 
 It uses llama-cpp-python's low-level API (llama_batch_init / llama_decode / llama_get_logits_ith)
 because the high-level ``Llama`` class numbers positions itself. The KV cache is float32 and
@@ -9,18 +15,20 @@ the one llama.cpp's matrix products do by design (see docs/VERIFY.md).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
-from typing import Optional, Sequence
+from collections import OrderedDict
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import PyntkError
-from .gguf_edit import LLAMA_CPP_TYPES, RopeInfo, read_rope
+from .gguf_edit import LLAMA_CPP_TYPES, RopeInfo, read_original_rope, read_rope
+from .plan import acts_unscaled, static_equivalent
 from .scaling import RopeScaling
 
-# enum llama_rope_scaling_type in llama.h
 _QUIET = None
 
 
@@ -83,6 +91,7 @@ class _Model:
                 item.value.val_f64 = value
             params.kv_overrides = self._overrides
         self.lib = lib
+        self._free = lib.llama_model_free  # kept: at interpreter exit the module's names are gone
         self.ptr = lib.llama_model_load_from_file(path.encode(), params)
         if not self.ptr:
             raise PyntkError(f"{path}: llama.cpp could not load this model (run with PYNTK_DEBUG=1 "
@@ -92,7 +101,7 @@ class _Model:
 
     def __del__(self) -> None:
         if getattr(self, "ptr", None):
-            self.lib.llama_model_free(self.ptr)
+            self._free(self.ptr)
 
 
 @functools.lru_cache(maxsize=2)
@@ -131,6 +140,7 @@ class Session:
         params.n_threads = params.n_threads_batch = threads or _cores()
         for name, value in kw.items():
             setattr(params, name, value)
+        self._free = lib.llama_free  # kept: at interpreter exit the module's names are gone
         self.ctx = lib.llama_init_from_model(self.model.ptr, params)
         if not self.ctx:
             raise PyntkError(f"{self.path}: llama.cpp could not create a context with {n_ctx} cells; "
@@ -174,7 +184,7 @@ class Session:
 
     def close(self) -> None:
         if getattr(self, "ctx", None):
-            self.lib.llama_free(self.ctx)
+            self._free(self.ctx)
             self.ctx = None
 
     def __enter__(self) -> "Session":
@@ -185,3 +195,334 @@ class Session:
 
     def __del__(self) -> None:
         self.close()
+
+
+# --- contexts that stream logits (perplexity), and Dynamic NTK --------------------------------
+
+N_BATCH = 512  # llama-cpp-python's default; the logits buffer is n_batch x n_vocab floats
+
+
+class Model:
+    """A GGUF model in llama.cpp, loaded once (weights memory-mapped) and shared by its contexts.
+
+    Scalings are applied per context from the model's original RoPE values (before any
+    gguf-set edit), whatever rope settings the file itself carries.
+    """
+
+    def __init__(self, path, *, threads: Optional[int] = None) -> None:
+        self.path = os.path.realpath(os.fspath(path))
+        if not os.path.isfile(self.path):
+            raise PyntkError(f"{path}: no such model file; give the path of a .gguf file")
+        self.info: RopeInfo = read_original_rope(self.path)
+        self.threads = threads or _cores()
+        self.lib = _lib()
+        self._plain = self._load(())
+
+    def _load(self, kv_overrides: tuple):
+        st = os.stat(self.path)
+        return _model(self.path, st.st_size, st.st_mtime_ns, kv_overrides)
+
+    @property
+    def n_vocab(self) -> int:
+        return self._plain.n_vocab
+
+    @property
+    def vocab(self):
+        return self._plain.vocab
+
+    @property
+    def training_context(self) -> int:
+        return self.info.original_context
+
+    def tokenize(self, text: str) -> np.ndarray:
+        """The text's tokens (int32), without BOS; special-token text is read as plain text."""
+        data = text.encode("utf-8")
+        room = len(data) + 16  # enough for byte-level vocabularies; llama.cpp says if it is not
+        for _ in range(2):
+            buf = (self.lib.llama_token * room)()
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, room, False, False)
+            if n >= 0:
+                return np.frombuffer(buf, dtype=np.int32, count=n).copy()
+            room = -n  # the number of tokens needed
+        raise PyntkError("llama.cpp could not tokenize the text; check that it is UTF-8 text")
+
+    def bos(self) -> Optional[int]:
+        """The token llama.cpp puts first in a sequence, or None when the model adds none."""
+        vocab = self.vocab
+        return int(self.lib.llama_vocab_bos(vocab)) if self.lib.llama_vocab_get_add_bos(vocab) else None
+
+    def runs_as(self, scaling: RopeScaling, length: int) -> tuple:
+        """What llama.cpp is told for ``scaling`` at ``length`` tokens: equal keys, equal runs."""
+        effective = static_equivalent(scaling, length)
+        if acts_unscaled(effective, length):
+            effective = RopeScaling(method="none", base=scaling.base, dims=scaling.dims)
+        kw = llama_kwargs(effective, self.info)
+        kw["kv_overrides"] = tuple(sorted(kw.get("kv_overrides", {}).items()))
+        return tuple(sorted(kw.items()))
+
+    def context(self, n_ctx: int, scaling: RopeScaling, *, n_batch: int = N_BATCH,
+                flash_attn: bool = False) -> "Context":
+        """A llama.cpp context of ``n_ctx`` cells running ``scaling`` (dynamic: the base for n_ctx)."""
+        return Context(self, n_ctx, static_equivalent(scaling, n_ctx), n_batch=n_batch,
+                       flash_attn=flash_attn)
+
+
+class Context:
+    """One llama_context: decodes a sequence batch by batch, logits only for requested rows."""
+
+    def __init__(self, model: Model, n_ctx: int, scaling: RopeScaling, *, n_batch: int,
+                 flash_attn: bool) -> None:
+        kw = llama_kwargs(scaling, model.info)
+        self.model = model._load(tuple(sorted(kw.pop("kv_overrides", {}).items())))
+        self.lib = lib = model.lib
+        self.scaling, self.n_ctx, self.n_vocab = scaling, n_ctx, self.model.n_vocab
+        self.n_batch = min(n_batch, n_ctx)
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = model.threads
+        params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        for name, value in kw.items():
+            setattr(params, name, value)
+        # kept: at interpreter exit the module's names are gone
+        self._free, self._free_batch = lib.llama_free, lib.llama_batch_free
+        self.ctx = lib.llama_init_from_model(self.model.ptr, params)
+        if not self.ctx:
+            raise PyntkError(f"{model.path}: llama.cpp could not create a context of {n_ctx} tokens "
+                             f"(out of memory?); use a shorter --ctx")
+        self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        # numpy views of the batch's arrays: filling them is one vectorised copy per batch
+        view = lambda ptr: np.ctypeslib.as_array(ptr, shape=(self.n_batch,))  # noqa: E731
+        self._token, self._pos = view(self.batch.token), view(self.batch.pos)
+        self._n_seq, self._out = view(self.batch.n_seq_id), view(self.batch.logits)
+        self._n_seq[:] = 1
+        for i in range(self.n_batch):
+            self.batch.seq_id[i][0] = 0
+
+    def decode(self, tokens: np.ndarray, outputs: np.ndarray,
+               start: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Decode ``tokens`` at positions start, start+1, ...; for every batch yield (the indices
+        into ``tokens`` of the rows with outputs[i] set, their logits as a float32 view).
+
+        The view is only valid until the next batch is decoded: reduce it before moving on.
+        """
+        if len(tokens) != len(outputs) or start + len(tokens) > self.n_ctx:
+            raise ValueError(f"{len(tokens)} tokens from position {start} do not fit a context of "
+                             f"{self.n_ctx}, or outputs has another length")
+        lib = self.lib
+        for lo in range(0, len(tokens), self.n_batch):
+            hi = min(lo + self.n_batch, len(tokens))
+            n = hi - lo
+            self.batch.n_tokens = n
+            self._token[:n] = tokens[lo:hi]
+            self._pos[:n] = np.arange(start + lo, start + hi)
+            self._out[:n] = outputs[lo:hi]
+            code = lib.llama_decode(self.ctx, self.batch)
+            if code != 0:
+                raise PyntkError(f"llama.cpp failed to decode tokens {start + lo}..{start + hi} "
+                                 f"(code {code}); run with PYNTK_DEBUG=1 to see its log")
+            rows = np.flatnonzero(outputs[lo:hi]) + lo
+            if rows.size:
+                logits = np.ctypeslib.as_array(lib.llama_get_logits(self.ctx),
+                                               shape=(rows.size, self.n_vocab))
+                yield rows, logits
+
+    def logprobs(self, tokens: np.ndarray, first: int) -> np.ndarray:
+        """log p(tokens[i] | tokens[:i]) for i = first .. len-1 (float64), decoded from position 0."""
+        n = len(tokens)
+        outputs = np.zeros(n, dtype=np.int8)
+        outputs[first - 1:n - 1] = 1  # row i predicts token i+1
+        result = np.empty(n - first, dtype=np.float64)
+        work = np.empty((self.n_batch, self.n_vocab), dtype=np.float32)
+        for rows, logits in self.decode(tokens, outputs):
+            result[rows - (first - 1)] = _target_logprobs(logits, tokens[rows + 1], work)
+        return result
+
+    def logits(self, tokens: Sequence[int], start: int = 0) -> np.ndarray:
+        """All logits (len(tokens), n_vocab) of tokens decoded at start, start+1, ... (a copy)."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        for rows, logits in self.decode(tokens, np.ones(len(tokens), dtype=np.int8), start):
+            out[rows] = logits
+        return out
+
+    def clear(self) -> None:
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+
+    def close(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            self._free_batch(self.batch)
+            self.batch = None
+        if getattr(self, "ctx", None):
+            self._free(self.ctx)
+            self.ctx = None
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _target_logprobs(logits: np.ndarray, targets: np.ndarray, work: np.ndarray) -> np.ndarray:
+    """log_softmax(logits)[row, target] per row, without another n_rows x n_vocab temporary."""
+    rows = logits.shape[0]
+    peak = logits.max(axis=1)
+    shifted = np.subtract(logits, peak[:, None], out=work[:rows])
+    np.exp(shifted, out=shifted)
+    log_total = np.log(shifted.sum(axis=1, dtype=np.float64)) + peak
+    return logits[np.arange(rows), targets].astype(np.float64) - log_total
+
+
+class DynamicNTK:
+    """Dynamic NTK for llama-cpp-python users: every request runs with the base for its full length.
+
+    llama.cpp has no Dynamic NTK, and a context's RoPE base is fixed when the context is created. So
+    :class:`DynamicNTK` loads the model once (weights memory-mapped, shared by every context) and
+    keeps a few llama.cpp contexts, one per length bucket. A request of L tokens (the prompt plus
+    every token it may generate) runs in its bucket's context, whose base is Dynamic NTK's for the
+    bucket's length B (Hugging Face's formula, pyntk.RopeScaling(method="dynamic")):
+
+        b' = b * (s * B / L0 - (s - 1)) ** (d / (d - 2))    if B > L0, else b
+
+    Buckets: every request within the training context L0 shares one unscaled context of L0 tokens,
+    so it runs exactly like the unscaled model; longer requests are rounded up to a multiple of
+    ``bucket`` tokens (default 256, llama.cpp's own context padding), so their base is that of a
+    length less than ``bucket`` tokens above theirs. The base never changes within a request:
+    unlike Hugging Face's generate(), whose base grows while keys cached under the old base stay
+    rotated by it, every key and query of a request share one base.
+
+    model_path        a .gguf file
+    max_context       the longest request (prompt + generated tokens) to allow
+    factor            Dynamic NTK's s; default max_context / L0 (Hugging Face's convention)
+    original_context  L0, the training context; default read from the file
+    bucket            lengths beyond L0 are rounded up to a multiple of this many tokens
+    cached            how many contexts (each with its own KV cache) to keep
+    threads           CPU threads; default all available
+
+    >>> dyn = DynamicNTK("model.gguf", max_context=32768)
+    >>> dyn.generate("Summarise: " + long_text, max_tokens=200)
+    """
+
+    def __init__(self, model_path, max_context: Optional[int] = None, *,
+                 factor: Optional[float] = None, original_context: Optional[int] = None,
+                 bucket: int = 256, cached: int = 2, threads: Optional[int] = None) -> None:
+        for name, value in (("bucket", bucket), ("cached", cached)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        self.model = Model(model_path, threads=threads)
+        L0 = original_context or self.model.training_context
+        if max_context is None and factor is None:
+            raise PyntkError(f"give max_context (the longest prompt plus generation, e.g. {4 * L0}) "
+                             f"or factor (Dynamic NTK's s)")
+        if factor is None:
+            factor = max(1.0, max_context / L0)
+        if max_context is None:
+            max_context = int(factor * L0)
+        info = self.model.info
+        self.scaling = RopeScaling(method="dynamic", base=info.base, dims=info.dims,
+                                   factor=factor, original_context=L0)
+        self.max_context, self.bucket, self.cached = int(max_context), bucket, cached
+        self._contexts: "OrderedDict[int, Context]" = OrderedDict()
+
+    @property
+    def training_context(self) -> int:
+        return self.scaling.original_context
+
+    def bucket_for(self, length: int) -> int:
+        """The context length a request of ``length`` tokens runs in."""
+        if isinstance(length, bool) or int(length) != length or length < 1:
+            raise ValueError(f"length must be a positive whole number of tokens, got {length!r}")
+        if length > self.max_context:
+            raise PyntkError(f"a request of {length} tokens (prompt plus max_tokens) exceeds "
+                             f"max_context {self.max_context}; raise max_context or shorten it")
+        if length <= self.training_context:
+            return self.training_context
+        return -(-int(length) // self.bucket) * self.bucket
+
+    def scaling_for(self, length: int) -> RopeScaling:
+        """The static scaling a request of ``length`` tokens runs with (none or ntk)."""
+        return static_equivalent(self.scaling, self.bucket_for(length))
+
+    def base_for(self, length: int) -> float:
+        s = self.scaling_for(length)
+        return s.ntk_base if s.method == "ntk" else s.base
+
+    def context_for(self, length: int) -> Context:
+        """The (emptied) context for a request of ``length`` tokens, created on first use."""
+        n = self.bucket_for(length)
+        ctx = self._contexts.pop(n, None)
+        if ctx is None:
+            while len(self._contexts) >= self.cached:
+                self._contexts.popitem(last=False)[1].close()
+            ctx = self.model.context(n, self.scaling)
+        else:
+            ctx.clear()
+        self._contexts[n] = ctx
+        return ctx
+
+    def tokenize(self, text: str) -> List[int]:
+        """Tokens of a prompt, with BOS first when the model wants one."""
+        bos = self.model.bos()
+        return ([bos] if bos is not None else []) + self.model.tokenize(text).tolist()
+
+    def logits(self, tokens: Sequence[int], max_new_tokens: int = 0) -> np.ndarray:
+        """Logits (len(tokens), n_vocab) of a request whose full length is len + max_new_tokens."""
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("give at least one token")
+        return self.context_for(len(tokens) + max_new_tokens).logits(tokens)
+
+    def generate(self, prompt: Union[str, Sequence[int]], max_tokens: int = 128, *,
+                 temperature: float = 0.0, seed: Optional[int] = None) -> str:
+        """Continue ``prompt`` by up to ``max_tokens`` tokens (greedy when temperature is 0)."""
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            raise ValueError("the prompt is empty")
+        ctx = self.context_for(len(tokens) + max_tokens)
+        rng = np.random.default_rng(seed)
+        outputs = np.zeros(len(tokens), dtype=np.int8)
+        outputs[-1] = 1
+        logits = next(ctx.decode(np.asarray(tokens, dtype=np.int32), outputs))[1][0].copy()
+        new: List[int] = []
+        for pos in range(len(tokens), len(tokens) + max_tokens):
+            token = _pick(logits, temperature, rng)
+            if self.model.lib.llama_vocab_is_eog(self.model.vocab, token):
+                break
+            new.append(token)
+            if len(new) < max_tokens:
+                logits = next(ctx.decode(np.array([token], dtype=np.int32), np.ones(1, np.int8), pos))[1][0].copy()
+        return self.detokenize(new)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        lib, vocab = self.model.lib, self.model.vocab
+        buf = (ctypes.c_char * 256)()
+        pieces = []
+        for token in tokens:
+            n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
+            pieces.append(bytes(buf[:max(n, 0)]))
+        # a character may span tokens: decode the bytes together
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        while self._contexts:
+            self._contexts.popitem()[1].close()
+
+    def __enter__(self) -> "DynamicNTK":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pick(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    return int(rng.choice(p.size, p=p / p.sum()))

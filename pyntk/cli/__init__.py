@@ -19,6 +19,8 @@ COMMANDS = {
     "gguf-set": "gguf_set",
     "gguf-reset": "gguf_set",
     "args": "args",
+    "plan": "plan",
+    "ppl": "ppl",
     "verify": "verify",
 }
 
