@@ -8,9 +8,10 @@ RopeScaling override.
   itself lacks.
 
 It uses llama-cpp-python's low-level API (llama_batch_init / llama_decode / llama_get_logits_ith)
-because the high-level ``Llama`` class numbers positions itself. The KV cache is float32 and
-flash attention is off, so attention runs in float32 and the only rounding beyond float32 is
-the one llama.cpp's matrix products do by design (see docs/VERIFY.md).
+because the high-level ``Llama`` class numbers positions itself. A Session's KV cache is float32
+and its flash attention off, so attention runs in float32 and the only rounding beyond float32 is
+the one llama.cpp's matrix products do by design (see docs/VERIFY.md); a Context uses llama.cpp's
+defaults (float16 cache), as users run it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import PyntkError
-from .gguf_edit import LLAMA_CPP_TYPES, RopeInfo, read_original_rope, read_rope
+from .gguf_edit import CTX_PAD, LLAMA_CPP_TYPES, RopeInfo, read_original_rope, read_rope
 from .plan import acts_unscaled, static_equivalent
 from .scaling import RopeScaling
 
@@ -411,8 +412,10 @@ class DynamicNTK:
 
     def __init__(self, model_path, max_context: Optional[int] = None, *,
                  factor: Optional[float] = None, original_context: Optional[int] = None,
-                 bucket: int = 256, cached: int = 2, threads: Optional[int] = None) -> None:
-        for name, value in (("bucket", bucket), ("cached", cached)):
+                 bucket: int = CTX_PAD, cached: int = 2, threads: Optional[int] = None) -> None:
+        for name, value in (("bucket", bucket), ("cached", cached), ("max_context", max_context)):
+            if name == "max_context" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         self.model = Model(model_path, threads=threads)
@@ -505,6 +508,9 @@ class DynamicNTK:
         pieces = []
         for token in tokens:
             n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
+            if n < 0:  # the piece needs -n bytes
+                buf = (ctypes.c_char * -n)()
+                n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
             pieces.append(bytes(buf[:max(n, 0)]))
         # a character may span tokens: decode the bytes together
         return b"".join(pieces).decode("utf-8", errors="replace")

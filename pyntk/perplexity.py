@@ -1,6 +1,7 @@
 """Perplexity of a GGUF model under several RoPE scalings, through llama.cpp, streamed.
 
-How it measures (llama.cpp's own `llama-perplexity` convention, so the numbers compare):
+How it measures (llama.cpp's `llama-perplexity` convention, except that it scores one token
+more per window: the one right after the window's midpoint):
 - the text's first ``span`` tokens (default: the longest length asked for) are cut into
   non-overlapping windows of each length, so every length reads the same stretch of text;
 - each window is decoded from an empty KV cache at positions 0 .. n-1; when the model's
@@ -75,8 +76,8 @@ def plan_windows(n_tokens: int, lengths: Sequence[int], span: Optional[int] = No
     if span < max(lengths):
         raise ValueError(f"span {span} is shorter than the longest context {max(lengths)}")
     if n_tokens < span:
-        raise PyntkError(f"the text has {n_tokens} tokens but context {max(lengths)} needs at least "
-                         f"{span}; give a longer text or smaller context lengths")
+        raise PyntkError(f"the text has {n_tokens} tokens but the run reads {span} (the longest context "
+                         f"or the target); give a longer text or smaller context lengths")
     return span, {n: span // n for n in lengths}
 
 
@@ -148,12 +149,12 @@ def format_table(results: Sequence[Result]) -> str:
         row = f"{label:<{lw}}  {summary[label]:<{sw}}"
         for n in lengths:
             r = cell.get((label, n))
-            row += f"  {_fmt(r.ppl) if r else '-':>9}"
+            row += f"  {format_ppl(r.ppl) if r else '-':>9}"
         lines.append(row)
     return "\n".join(lines)
 
 
-def _fmt(ppl: float) -> str:
+def format_ppl(ppl: float) -> str:
     return f"{ppl:.3f}" if ppl < 1000 else f"{ppl:.4g}"
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import PyntkError
 from .rope import inv_freq
 from .scaling import METHODS, RopeScaling
-from .spectrum import full_interpolation, pair_table
+from .spectrum import TOL, full_interpolation, pair_table
 
 
 def critical_dims(dims: int, base: float, training_context: int) -> int:
@@ -56,14 +56,13 @@ def alpha_for_context(target: int, dims: int, base: float, training_context: int
 
 # The methods `pyntk plan` and `pyntk ppl` compare by default, in the order they are shown.
 COMPARED = ("none", "linear", "ntk", "dynamic", "yarn")
-_TOL = 1e-9
 
 
 def scaling_for(method: str, target: int, *, dims: int, base: float, training_context: int,
                 **params) -> RopeScaling:
     """``method`` set up to reach ``target`` tokens; ``params`` (alpha=, factor=, ...) override.
 
-    ntk gets the criterion's alpha; every other method the factor target / L0 (at least 1, as
+    ntk gets the criterion's alpha; every other method but none the factor target / L0 (at least 1, as
     Hugging Face sizes linear, dynamic and yarn), plus L0 where the method needs it.
     """
     if method not in METHODS:
@@ -113,7 +112,7 @@ def pair_rows(scaling: RopeScaling, training_context: int, target: int) -> List[
     for r in rows:
         trained = r["turns_in_context"]
         r["turns_at_target"] = target / r["wavelength_after"]
-        r["in_distribution"] = bool(trained >= 1.0 or r["turns_at_target"] <= trained * (1 + _TOL))
+        r["in_distribution"] = bool(trained >= 1.0 or r["turns_at_target"] <= trained * (1 + TOL))
     return rows
 
 
@@ -160,7 +159,8 @@ class Recommendation:
 
 
 def recommend(target: int, *, dims: int, base: float, training_context: int) -> Recommendation:
-    """The method and parameters pyntk recommends for ``target`` tokens (gguf-set --ctx uses it).
+    """The method and parameters pyntk recommends for ``target`` tokens (gguf-set --ctx writes the
+    same alpha, from alpha_for_context).
 
     Within the training context nothing is needed. Beyond it: static NTK with the smallest alpha
     whose every pair stays in distribution at the target (the critical-dimension criterion).

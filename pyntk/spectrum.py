@@ -10,7 +10,7 @@ import numpy as np
 from .rope import inv_freq
 from .scaling import RopeScaling
 
-_TOL = 1e-9
+TOL = 1e-9  # relative slack for float rounding when comparing turns and ratios
 
 
 def full_interpolation(scaling: RopeScaling, seq_len: Optional[int] = None) -> float:
@@ -39,9 +39,9 @@ def pair_table(scaling: RopeScaling, seq_len: Optional[int] = None,
     rows = []
     for i, (before, after) in enumerate(zip(plain, scaled)):
         ratio = float(after / before)
-        if ratio >= 1.0 - _TOL:
+        if ratio >= 1.0 - TOL:
             status = "extrapolated"
-        elif full > 1.0 and ratio <= (1.0 / full) * (1.0 + _TOL):
+        elif full > 1.0 and ratio <= (1.0 / full) * (1.0 + TOL):
             status = "interpolated"
         else:
             status = "blended"

@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pyntk import RopeScaling, plan
+from pyntk import PyntkError, RopeScaling, plan
 from pyntk.llama import Model
 from pyntk.perplexity import (Candidate, Result, evaluate, first_scored, format_table,
                               plan_windows)
@@ -102,7 +102,10 @@ def test_equals_straightforward_computation_from_full_logits(model, model_path, 
         "none": RopeScaling(method="none", base=1e5, dims=64),
         "ntk": RopeScaling(method="ntk", alpha=4, base=1e5, dims=64),
     }
-    windows = [tokens[:64], tokens[64:128]]
+    windows = [tokens[:64].copy(), tokens[64:128].copy()]
+    if model.bos() is not None:  # as llama-perplexity does (SmolLM2 adds no BOS)
+        for w in windows:
+            w[0] = model.bos()
     references = {}
     for label, s in scalings.items():
         kwargs = {"rope_freq_base": s.ntk_base} if s.method == "ntk" else {}
@@ -162,7 +165,7 @@ def plan_args(model):
 def test_windows_and_errors():
     assert plan_windows(1000, [128, 256, 512]) == (512, {128: 4, 256: 2, 512: 1})
     assert plan_windows(1000, [300], span=900) == (900, {300: 3})
-    with pytest.raises(Exception, match="needs at least 512"):
+    with pytest.raises(PyntkError, match="reads 512"):
         plan_windows(500, [256, 512])
     with pytest.raises(ValueError, match="at least 4"):
         plan_windows(500, [2])
@@ -207,10 +210,13 @@ def test_ppl_errors_are_one_line(model_path, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
     for args, words in [
-        (("--ctx", "100000"), ["needs at least 100000", "give a longer text"]),
+        (("--ctx", "100000"), ["reads 100000", "give a longer text"]),
         (("--ctx", "64", "--method", "ntk:beta=3"), ["ntk:beta=3", "PARAM=VALUE"]),
         (("--ctx", "64", "--method", "linear:alpha=3"), ["does not apply"]),
         (("--ctx", "64", "--method", "warp"), ["unknown method"]),
+        # refused before anything is measured, not after the first methods
+        (("--ctx", "64", "--method", "none,llama3"), ["--method 'llama3'", "no runtime setting"]),
+        (("--ctx", "64", "--plot", tmp_path / "missing" / "p.png"), ["no folder", "create it"]),
     ]:
         proc = run("ppl", model_path, "--text", text, "--threads", THREADS, *args)
         assert proc.returncode == 1, proc.stderr

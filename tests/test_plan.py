@@ -166,5 +166,8 @@ def test_plan_errors_are_one_line(model_path):
     proc = run("plan", model_path, "--ctx", 16384, "--measure")
     assert proc.returncode != 0 and "--measure needs --text" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run("plan", model_path, "--ctx", 16384, "--text", "book.txt")
+    assert proc.returncode != 0 and "only read by --measure" in proc.stderr
     proc = run("plan", "/nonexistent.gguf", "--ctx", 16384)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

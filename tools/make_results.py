@@ -32,7 +32,7 @@ from fetch_text import fetch as fetch_text  # noqa: E402
 
 from pyntk.llama import Model  # noqa: E402
 from pyntk.perplexity import (Candidate, Result, describe_windows, evaluate,  # noqa: E402
-                              plan_windows, plot)
+                              format_ppl, plan_windows, plot)
 from pyntk.plan import COMPARED, scaling_for  # noqa: E402
 from pyntk.scaling import RopeScaling  # noqa: E402
 
@@ -100,7 +100,7 @@ def markdown_table(results: List[Result]) -> str:
         cells = []
         for n in lengths:
             p = cell.get((label, n))
-            text = "-" if p is None else (f"{p:.3f}" if p < 1000 else f"{p:.4g}")
+            text = "-" if p is None else format_ppl(p)
             cells.append(f"**{text}**" if n in best else text)
         lines.append(f"| {label} | {summary[label]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -170,9 +170,8 @@ def write_results(model_path: Path, text_path: Path, text_tokens: int, training:
         png = f"ppl-{target}.png"
         plot(results, DOCS / png, training_context=training,
              title=f"SmolLM2-135M on the Debian FAQ: methods set up for {target} tokens")
-        # a measurement reused for another method (Dynamic NTK within L0) has the same ctx and nll;
-        # measurements recovered from an earlier RESULTS.md have no time
-        times = list({(r.ctx, r.nll): r.seconds for r in results}.values())
+        # a reused measurement (Dynamic NTK within L0) counts 0 s; recovered ones have no time
+        times = [r.seconds for r in results]
         timing = f" Measured in {sum(times) / 60:.0f} min." if None not in times else ""
         lines += [
             f"## Extending to {target} tokens",

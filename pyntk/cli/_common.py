@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Optional
 
+from ..errors import PyntkError
 from ..scaling import METHODS, RopeScaling, method_help
 
 
@@ -23,6 +25,17 @@ def log(message: str) -> None:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def check_plot(path: str) -> None:
+    """Refuse a --plot that would fail only after the work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise PyntkError(f"--plot {path}: there is no folder {folder}; create it or choose another path")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PyntkError("--plot needs matplotlib: pip install 'pyntk[plot]'") from None
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

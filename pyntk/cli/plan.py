@@ -8,7 +8,7 @@ import sys
 
 from ..gguf_edit import read_original_rope
 from ..plan import measure_candidates, pair_rows, plot_spectrum, recommend
-from ._common import add_command, add_json, log, positive_int, print_json
+from ._common import add_command, add_json, check_plot, log, positive_int, print_json
 
 # how far (relative perplexity) the recommendation may sit from the best candidate and still count
 CONFIRM_MARGIN = 0.02
@@ -64,6 +64,10 @@ def _measure(args, rec) -> dict:
 def run(args) -> int:
     if args.measure and not args.text:
         raise ValueError("--measure needs --text FILE (a text of at least --ctx tokens)")
+    if args.text and not args.measure:
+        raise ValueError("--text is only read by --measure; add --measure or drop --text")
+    if args.plot:
+        check_plot(args.plot)
     info = read_original_rope(args.model)
     L0 = info.original_context
     rec = recommend(args.ctx, dims=info.dims, base=info.base, training_context=L0)

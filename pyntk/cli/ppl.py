@@ -9,11 +9,11 @@ import time
 from typing import List
 
 from ..errors import PyntkError
-from ..llama import Model
+from ..llama import Model, llama_kwargs
 from ..perplexity import (SCORES, Candidate, describe_windows, evaluate, format_table,
                           plan_windows, plot)
-from ..plan import COMPARED, scaling_for
-from ._common import METHODS_EPILOG, add_command, add_json, log, positive_int, print_json
+from ..plan import COMPARED, scaling_for, static_equivalent
+from ._common import METHODS_EPILOG, add_command, add_json, check_plot, log, positive_int, print_json
 
 # method parameters a --method item may set, e.g. ntk:alpha=4 or yarn:factor=4:beta-fast=16
 _PARAMS = ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor")
@@ -84,7 +84,8 @@ def parse_methods(text: str, target: int, info) -> List[Candidate]:
         try:
             scaling = scaling_for(method, target, dims=info.dims, base=info.base,
                                   training_context=info.original_context, **params)
-        except ValueError as e:
+            llama_kwargs(static_equivalent(scaling, target), info)  # one llama.cpp can run?
+        except (ValueError, PyntkError) as e:
             raise ValueError(f"--method {item!r}: {e}") from None
         candidates.append(Candidate(item, scaling))
     if not candidates:
@@ -101,6 +102,8 @@ def read_text(path: str) -> str:
 
 
 def run(args) -> int:
+    if args.plot:
+        check_plot(args.plot)
     text = read_text(args.text)
     model = Model(args.model, threads=args.threads)
     L0 = model.training_context
