@@ -10,14 +10,8 @@ import pytest
 
 import pyntk
 from pyntk import RopeScaling, reference
+from clirun import run
 
-
-def run(*args, check=None):
-    proc = subprocess.run([sys.executable, "-m", "pyntk.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
 
 
 def assert_one_line_error(proc, *words):

@@ -6,9 +6,9 @@ import pytest
 
 from pyntk import PyntkError, reference
 from pyntk.llama import DynamicNTK
+from clirun import THREADS
 
 pytestmark = [pytest.mark.model, pytest.mark.llama]
-THREADS = 1  # two threads on a busy machine spin at their barriers and run several times slower
 
 
 def llama_logits(model_path, tokens, n_ctx, **kwargs):

@@ -3,8 +3,6 @@ logits, bounded in memory, and the `pyntk ppl` command."""
 
 import json
 import math
-import subprocess
-import sys
 import tracemalloc
 
 import numpy as np
@@ -14,6 +12,7 @@ from pyntk import PyntkError, RopeScaling, plan
 from pyntk.llama import Model
 from pyntk.perplexity import (Candidate, Result, evaluate, first_scored, format_table,
                               plan_windows)
+from clirun import THREADS, run
 
 # Plain English prose for the tests (written for pyntk; about 600 tokens).
 TEXT = """\
@@ -51,16 +50,7 @@ weather service. The two agreed far better than she had expected.
 """
 
 
-def run(*args, check=None):
-    proc = subprocess.run([sys.executable, "-m", "pyntk.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
 
-
-# One thread: on a busy machine two threads spin at their barriers and run several times slower.
-THREADS = 1
 
 
 @pytest.fixture(scope="module")

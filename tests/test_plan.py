@@ -2,13 +2,12 @@
 gguf-set's use of it, and the `pyntk plan` command."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from pyntk import RopeScaling, plan, reference
 from pyntk.gguf_edit import plan_target, read_original_rope
+from clirun import run
 
 SMOL = dict(dims=64, base=1e5, training_context=8192)  # SmolLM2-135M
 LLAMA1 = dict(dims=128, base=1e4, training_context=2048)
@@ -31,13 +30,6 @@ PUBLISHED = [
     (LLAMA2, 2, 8192, "rentry.org/u6iic ('~8k with just an alpha value of 2')"),
 ]
 
-
-def run(*args, check=None):
-    proc = subprocess.run([sys.executable, "-m", "pyntk.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
 
 
 @pytest.mark.parametrize("arch,alpha,usable,source", PUBLISHED)
