@@ -111,6 +111,28 @@ def _model(path: str, size: int, mtime_ns: int, kv_overrides: tuple) -> _Model:
     return _Model(path, kv_overrides)
 
 
+def _load(path: str, kv_overrides: dict) -> _Model:
+    """The model at ``path`` with these key overrides, loaded once while the file is unchanged."""
+    st = os.stat(path)
+    return _model(path, st.st_size, st.st_mtime_ns, tuple(sorted(kv_overrides.items())))
+
+
+def _new_context(model: _Model, *, n_ctx: int, n_batch: int, n_seq: int, threads: int,
+                 flash_attn: bool, settings: dict):
+    """A llama_context (NULL if llama.cpp refuses); ``settings`` are more context parameters."""
+    lib = model.lib
+    params = lib.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = n_batch
+    params.n_seq_max = n_seq
+    params.n_threads = params.n_threads_batch = threads
+    params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                              else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    for name, value in settings.items():
+        setattr(params, name, value)
+    return lib.llama_init_from_model(model.ptr, params)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -128,21 +150,13 @@ class Session:
         self.path = os.path.realpath(os.fspath(path))
         self.info = read_rope(self.path)
         kw = llama_kwargs(scaling, self.info) if scaling is not None else {}
-        st = os.stat(self.path)
-        self.model = _model(self.path, st.st_size, st.st_mtime_ns,
-                            tuple(sorted(kw.pop("kv_overrides", {}).items())))
+        self.model = _load(self.path, kw.pop("kv_overrides", {}))
         lib = self.lib = self.model.lib
-        params = lib.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
-        params.n_seq_max = n_seq
-        params.kv_unified = True  # one cell pool: copying a sequence only tags its cells
-        params.type_k = params.type_v = lib.GGML_TYPE_F32
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.n_threads = params.n_threads_batch = threads or _cores()
-        for name, value in kw.items():
-            setattr(params, name, value)
         self._free = lib.llama_free  # kept: at interpreter exit the module's names are gone
-        self.ctx = lib.llama_init_from_model(self.model.ptr, params)
+        # one cell pool (copying a sequence only tags its cells), attention in float32
+        kw.update(kv_unified=True, type_k=lib.GGML_TYPE_F32, type_v=lib.GGML_TYPE_F32)
+        self.ctx = _new_context(self.model, n_ctx=n_ctx, n_batch=n_ctx, n_seq=n_seq,
+                                threads=threads or _cores(), flash_attn=False, settings=kw)
         if not self.ctx:
             raise PyntkError(f"{self.path}: llama.cpp could not create a context with {n_ctx} cells; "
                              f"use fewer tokens")
@@ -217,11 +231,7 @@ class Model:
         self.info: RopeInfo = read_original_rope(self.path)
         self.threads = threads or _cores()
         self.lib = _lib()
-        self._plain = self._load(())
-
-    def _load(self, kv_overrides: tuple):
-        st = os.stat(self.path)
-        return _model(self.path, st.st_size, st.st_mtime_ns, kv_overrides)
+        self._plain = _load(self.path, {})
 
     @property
     def n_vocab(self) -> int:
@@ -274,22 +284,14 @@ class Context:
     def __init__(self, model: Model, n_ctx: int, scaling: RopeScaling, *, n_batch: int,
                  flash_attn: bool) -> None:
         kw = llama_kwargs(scaling, model.info)
-        self.model = model._load(tuple(sorted(kw.pop("kv_overrides", {}).items())))
+        self.model = _load(model.path, kw.pop("kv_overrides", {}))
         self.lib = lib = model.lib
         self.scaling, self.n_ctx, self.n_vocab = scaling, n_ctx, self.model.n_vocab
         self.n_batch = min(n_batch, n_ctx)
-        params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = self.n_batch
-        params.n_seq_max = 1
-        params.n_threads = params.n_threads_batch = model.threads
-        params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                                  else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        for name, value in kw.items():
-            setattr(params, name, value)
         # kept: at interpreter exit the module's names are gone
         self._free, self._free_batch = lib.llama_free, lib.llama_batch_free
-        self.ctx = lib.llama_init_from_model(self.model.ptr, params)
+        self.ctx = _new_context(self.model, n_ctx=n_ctx, n_batch=self.n_batch, n_seq=1,
+                                threads=model.threads, flash_attn=flash_attn, settings=kw)
         if not self.ctx:
             raise PyntkError(f"{model.path}: llama.cpp could not create a context of {n_ctx} tokens "
                              f"(out of memory?); use a shorter --ctx")
@@ -413,9 +415,10 @@ class DynamicNTK:
     def __init__(self, model_path, max_context: Optional[int] = None, *,
                  factor: Optional[float] = None, original_context: Optional[int] = None,
                  bucket: int = CTX_PAD, cached: int = 2, threads: Optional[int] = None) -> None:
-        for name, value in (("bucket", bucket), ("cached", cached), ("max_context", max_context)):
-            if name == "max_context" and value is None:
-                continue
+        checked = [("bucket", bucket), ("cached", cached)]
+        if max_context is not None:
+            checked.append(("max_context", max_context))
+        for name, value in checked:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         self.model = Model(model_path, threads=threads)
