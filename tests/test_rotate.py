@@ -185,20 +185,23 @@ def test_threads_give_identical_results(kernel, rng, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("mode", ["neox", "normal"])
-def test_large_outputs_written_around_the_cache(kernel, rng, dtype, mode):
+@pytest.mark.parametrize("heads, head_dim, dims", [(32, 128, 128), (9, 80, 72)])
+def test_large_outputs_written_around_the_cache(kernel, rng, dtype, mode, heads, head_dim, dims):
     # 16 MiB and more are written with non-temporal stores where the CPU has them, when
     # the destination is 16-byte aligned; the misaligned view takes the ordinary path.
-    tokens = (16 << 20) // (32 * 128 * np.dtype(dtype).itemsize)
-    x, positions = _inputs(rng, (tokens, 32, 128), dtype)
-    expected = pyntk.rotate(x.copy(), positions, SCALINGS[0], mode=mode)  # in place: cached
+    # 72 rotary dims leave NEOX a tail past its last full vector, and 8 dims to copy.
+    scaling = RopeScaling(dims=dims)
+    tokens = (16 << 20) // (heads * head_dim * np.dtype(dtype).itemsize) + 1
+    x, positions = _inputs(rng, (tokens, heads, head_dim), dtype)
+    expected = pyntk.rotate(x.copy(), positions, scaling, mode=mode)  # in place: cached
     buffer = np.empty(x.size + 64, dtype)
     start = (-buffer.ctypes.data % 64) // buffer.itemsize
-    for offset in (start, start + 1):
+    for offset in (start, start + 4, start + 1):
         out = buffer[offset : offset + x.size].reshape(x.shape)
-        pyntk.rotate(x, positions, SCALINGS[0], mode=mode, out=out, threads=2)
+        pyntk.rotate(x, positions, scaling, mode=mode, out=out, threads=2)
         np.testing.assert_array_equal(out, expected)
     some = slice(0, tokens, 97)
-    assert_rotated(expected[some], x[some], positions[some], SCALINGS[0], mode)
+    assert_rotated(expected[some], x[some], positions[some], scaling, mode)
 
 
 @pytest.mark.parametrize("shape", [(0, 4, 64), (5, 0, 64), (0, 5, 4, 64), (2, 0, 0, 64)])
