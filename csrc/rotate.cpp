@@ -123,17 +123,6 @@ const Kernel* const kAllKernels[] = {
     &kScalarKernel,
 };
 
-// Writes the interleaved NORMAL-mode layout over the plain tables, back to front so
-// that no value is overwritten before it is read.
-void interleave(float* cos, float* sin, int64_t half) {
-    for (int64_t i = half - 1; i >= 0; --i) {
-        const float c = cos[i], s = sin[i];
-        cos[2 * i] = cos[2 * i + 1] = c;
-        sin[2 * i] = -s;
-        sin[2 * i + 1] = s;
-    }
-}
-
 int64_t output_bytes(const RotateJob& job) {
     return job.batch * job.tokens * job.heads * job.head_dim * (job.f16 ? 2 : 4);
 }
@@ -145,7 +134,7 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;
 template <typename T, typename Row>
 void rotate_units(const RotateJob& job, const Kernel& k, Row row, int64_t begin, int64_t end,
                   float* cos, float* sin) {
-    const bool interleaved = job.mode == RopeMode::normal && k.interleaved_normal;
+    const TablesFn tables = job.mode == RopeMode::normal ? k.normal_tables : k.tables;
     const int64_t n_rot = 2 * job.half;
     const bool copy_rest = job.src != job.dst && job.head_dim > n_rot;
     const bool stream = job.src != job.dst && k.fence && output_bytes(job) >= kStreamBytes;
@@ -154,8 +143,7 @@ void rotate_units(const RotateJob& job, const Kernel& k, Row row, int64_t begin,
         const int64_t b = u / job.tokens, t = u % job.tokens;
         const int64_t p = job.pos[b * job.pos_batch_stride + t];
         if (p != last_pos) {
-            k.tables(job.inv, job.half, double(p), job.attn, cos, sin);
-            if (interleaved) interleave(cos, sin, job.half);
+            tables(job.inv, job.half, double(p), job.attn, cos, sin);
             last_pos = p;
         }
         const char* src = job.src + b * job.src_stride[0] + t * job.src_stride[1];
@@ -192,8 +180,8 @@ int auto_threads(const RotateJob& job) {
 }  // namespace
 
 extern const Kernel kScalarKernel = {
-    "scalar", scalar_tables, scalar_neox<F32>, scalar_normal<F32>, scalar_neox<F16>,
-    scalar_normal<F16>, false, nullptr,
+    "scalar", scalar_tables, scalar_tables, scalar_neox<F32>, scalar_normal<F32>,
+    scalar_neox<F16>, scalar_normal<F16>, nullptr,
 };
 
 std::vector<const Kernel*> available_kernels() {

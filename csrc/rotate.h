@@ -22,8 +22,8 @@ enum class RopeMode : int { normal = 0, neox = 2 };
 using TablesFn = void (*)(const double* inv, int64_t half, double pos, float attn, float* cos,
                           float* sin);
 
-// Rotates the first n_rot = 2 * half values of one head; src may equal dst. NEOX reads the
-// tables as written by TablesFn; NORMAL reads them as the kernel asked (see below).
+// Rotates the first n_rot = 2 * half values of one head; src may equal dst. NEOX reads
+// Kernel::tables, NORMAL Kernel::normal_tables.
 // stream: dst will not be read again soon, so the kernel may write it around the caches
 // (then the caller ends with Kernel::fence).
 using RowF32 = void (*)(const float* src, float* dst, const float* cos, const float* sin,
@@ -34,11 +34,12 @@ using RowF16 = void (*)(const uint16_t* src, uint16_t* dst, const float* cos, co
 struct Kernel {
     const char* name;
     TablesFn tables;
+    // The tables NORMAL mode reads: `tables` itself, or (x86) cos = (c0, c0, c1, c1, ...),
+    // sin = (-s0, s0, -s1, s1, ...), 2 * half floats each, so that one pair swap and one FMA
+    // rotate a whole vector.
+    TablesFn normal_tables;
     RowF32 neox_f32, normal_f32;
     RowF16 neox_f16, normal_f16;
-    // NORMAL mode wants the tables as cos = (c0, c0, c1, c1, ...), sin = (-s0, s0, -s1, s1, ...),
-    // 2 * half floats each, so that one pair swap and one FMA rotate a whole vector.
-    bool interleaved_normal;
     // Orders streamed stores before the caller hands the result on; nullptr when the
     // kernel never streams.
     void (*fence)();

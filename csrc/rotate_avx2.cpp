@@ -75,6 +75,27 @@ void sincos8(__m256d theta_lo, __m256d theta_hi, __m256 attn, __m256* cos, __m25
     *cos = _mm256_mul_ps(_mm256_xor_ps(_mm256_blendv_ps(cos_r, sin_r, swap), cos_sign), attn);
 }
 
+// Stores the 8 values of c and s at i, or at 2 * i as NORMAL mode's pairs: cos (c, c),
+// sin (-s, s).
+template <bool Pairs>
+void put(float* cos, float* sin, int64_t i, __m256 c, __m256 s) {
+    if (!Pairs) {
+        _mm256_storeu_ps(cos + i, c);
+        _mm256_storeu_ps(sin + i, s);
+        return;
+    }
+    const __m256 even_sign = _mm256_castsi256_ps(_mm256_set1_epi64x(0x80000000));
+    // unpack pairs up values within each 128-bit half: (0 0 1 1 | 4 4 5 5), (2 2 3 3 | 6 6 7 7)
+    const __m256 c_lo = _mm256_unpacklo_ps(c, c), c_hi = _mm256_unpackhi_ps(c, c);
+    const __m256 s_lo = _mm256_xor_ps(_mm256_unpacklo_ps(s, s), even_sign);
+    const __m256 s_hi = _mm256_xor_ps(_mm256_unpackhi_ps(s, s), even_sign);
+    _mm256_storeu_ps(cos + 2 * i, _mm256_permute2f128_ps(c_lo, c_hi, 0x20));
+    _mm256_storeu_ps(cos + 2 * i + 8, _mm256_permute2f128_ps(c_lo, c_hi, 0x31));
+    _mm256_storeu_ps(sin + 2 * i, _mm256_permute2f128_ps(s_lo, s_hi, 0x20));
+    _mm256_storeu_ps(sin + 2 * i + 8, _mm256_permute2f128_ps(s_lo, s_hi, 0x31));
+}
+
+template <bool Pairs>
 void tables(const double* inv, int64_t half, double pos, float attn, float* cos, float* sin) {
     const __m256d p = _mm256_set1_pd(pos);
     const __m256 a = _mm256_set1_ps(attn);
@@ -83,20 +104,19 @@ void tables(const double* inv, int64_t half, double pos, float attn, float* cos,
     for (; i + 8 <= half; i += 8) {
         sincos8(_mm256_mul_pd(p, _mm256_loadu_pd(inv + i)),
                 _mm256_mul_pd(p, _mm256_loadu_pd(inv + i + 4)), a, &c, &s);
-        _mm256_storeu_ps(cos + i, c);
-        _mm256_storeu_ps(sin + i, s);
+        put<Pairs>(cos, sin, i, c, s);
     }
     if (i < half) {
         const size_t n = size_t(half - i);
         double in[8] = {};
-        float c_out[8], s_out[8];
+        float c_out[2 * 8], s_out[2 * 8];
         std::memcpy(in, inv + i, n * sizeof(double));
         sincos8(_mm256_mul_pd(p, _mm256_loadu_pd(in)), _mm256_mul_pd(p, _mm256_loadu_pd(in + 4)),
                 a, &c, &s);
-        _mm256_storeu_ps(c_out, c);
-        _mm256_storeu_ps(s_out, s);
-        std::memcpy(cos + i, c_out, n * sizeof(float));
-        std::memcpy(sin + i, s_out, n * sizeof(float));
+        put<Pairs>(c_out, s_out, 0, c, s);
+        const int64_t at = Pairs ? 2 * i : i, floats = Pairs ? 2 * int64_t(n) : int64_t(n);
+        std::memcpy(cos + at, c_out, size_t(floats) * sizeof(float));
+        std::memcpy(sin + at, s_out, size_t(floats) * sizeof(float));
     }
 }
 
@@ -241,7 +261,8 @@ void fence() { _mm_sfence(); }
 }  // namespace
 
 extern const Kernel kAvx2Kernel = {
-    "avx2", tables, neox_row<F32>, normal_row<F32>, neox_row<F16>, normal_row<F16>, true, fence,
+    "avx2", tables<false>, tables<true>, neox_row<F32>, normal_row<F32>, neox_row<F16>,
+    normal_row<F16>, fence,
 };
 
 }  // namespace pyntk

@@ -81,6 +81,30 @@ void sincos16(__m512d theta_lo, __m512d theta_hi, __m512 attn, __m512* cos, __m5
     *cos = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_xor_si512(c, cos_sign)), attn);
 }
 
+// Negates lanes 0, 2, 4, ...: the low 32 bits of each 64-bit lane.
+__m512 negate_even(__m512 v) {
+    return _mm512_castsi512_ps(
+        _mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi64(0x80000000)));
+}
+
+// Stores the 16 values of c and s at i, or at 2 * i as NORMAL mode's pairs: cos (c, c),
+// sin (-s, s).
+template <bool Pairs>
+void put(float* cos, float* sin, int64_t i, __m512 c, __m512 s) {
+    if (!Pairs) {
+        _mm512_storeu_ps(cos + i, c);
+        _mm512_storeu_ps(sin + i, s);
+        return;
+    }
+    const __m512i lo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    _mm512_storeu_ps(cos + 2 * i, _mm512_permutexvar_ps(lo, c));
+    _mm512_storeu_ps(cos + 2 * i + 16, _mm512_permutexvar_ps(hi, c));
+    _mm512_storeu_ps(sin + 2 * i, negate_even(_mm512_permutexvar_ps(lo, s)));
+    _mm512_storeu_ps(sin + 2 * i + 16, negate_even(_mm512_permutexvar_ps(hi, s)));
+}
+
+template <bool Pairs>
 void tables(const double* inv, int64_t half, double pos, float attn, float* cos, float* sin) {
     const __m512d p = _mm512_set1_pd(pos);
     const __m512 a = _mm512_set1_ps(attn);
@@ -89,20 +113,19 @@ void tables(const double* inv, int64_t half, double pos, float attn, float* cos,
     for (; i + 16 <= half; i += 16) {
         sincos16(_mm512_mul_pd(p, _mm512_loadu_pd(inv + i)),
                  _mm512_mul_pd(p, _mm512_loadu_pd(inv + i + 8)), a, &c, &s);
-        _mm512_storeu_ps(cos + i, c);
-        _mm512_storeu_ps(sin + i, s);
+        put<Pairs>(cos, sin, i, c, s);
     }
     if (i < half) {
         const size_t n = size_t(half - i);
         double in[16] = {};
-        float c_out[16], s_out[16];
+        float c_out[2 * 16], s_out[2 * 16];
         std::memcpy(in, inv + i, n * sizeof(double));
         sincos16(_mm512_mul_pd(p, _mm512_loadu_pd(in)), _mm512_mul_pd(p, _mm512_loadu_pd(in + 8)),
                  a, &c, &s);
-        _mm512_storeu_ps(c_out, c);
-        _mm512_storeu_ps(s_out, s);
-        std::memcpy(cos + i, c_out, n * sizeof(float));
-        std::memcpy(sin + i, s_out, n * sizeof(float));
+        put<Pairs>(c_out, s_out, 0, c, s);
+        const int64_t at = Pairs ? 2 * i : i, floats = Pairs ? 2 * int64_t(n) : int64_t(n);
+        std::memcpy(cos + at, c_out, size_t(floats) * sizeof(float));
+        std::memcpy(sin + at, s_out, size_t(floats) * sizeof(float));
     }
 }
 
@@ -252,8 +275,8 @@ void fence() { _mm_sfence(); }
 }  // namespace
 
 extern const Kernel kAvx512Kernel = {
-    "avx512", tables, neox_row<F32>, normal_row<F32>, neox_row<F16>, normal_row<F16>, true,
-    fence,
+    "avx512", tables<false>, tables<true>, neox_row<F32>, normal_row<F32>, neox_row<F16>,
+    normal_row<F16>, fence,
 };
 
 }  // namespace pyntk

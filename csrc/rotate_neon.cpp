@@ -190,7 +190,7 @@ void normal(const typename E::T* src, typename E::T* dst, const float* cos, cons
 }  // namespace
 
 extern const Kernel kNeonKernel = {
-    "neon", tables, neox<F32>, normal<F32>, neox<F16>, normal<F16>, false, nullptr,
+    "neon", tables, tables, neox<F32>, normal<F32>, neox<F16>, normal<F16>, nullptr,
 };
 
 }  // namespace pyntk
