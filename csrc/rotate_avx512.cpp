@@ -129,80 +129,139 @@ void tables(const double* inv, int64_t half, double pos, float attn, float* cos,
     }
 }
 
-// Element types; Stream writes with 16-byte non-temporal stores, so that a row needs only
-// the 16-byte alignment that malloc gives.
-template <bool Stream>
+// Element types: 16 values to or from floats, and kPerLine of them as one 64-byte line.
 struct F32 {
     using T = float;
-    using Cached = F32<false>;
-    static constexpr bool kStream = Stream;
+    static constexpr int64_t kPerLine = 16;
     static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
-    static void store(float* p, __m512 v) {
-        if (Stream) {
-            _mm_stream_ps(p, _mm512_extractf32x4_ps(v, 0));
-            _mm_stream_ps(p + 4, _mm512_extractf32x4_ps(v, 1));
-            _mm_stream_ps(p + 8, _mm512_extractf32x4_ps(v, 2));
-            _mm_stream_ps(p + 12, _mm512_extractf32x4_ps(v, 3));
-        } else {
-            _mm512_storeu_ps(p, v);
-        }
+    static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+    // rotated(j): the 16 results from element j on.
+    template <typename F>
+    static __m512i line(F rotated, int64_t j) {
+        return _mm512_castps_si512(rotated(j));
     }
 };
 
-template <bool Stream>
 struct F16 {
     using T = uint16_t;
-    using Cached = F16<false>;
-    static constexpr bool kStream = Stream;
+    static constexpr int64_t kPerLine = 32;
     static __m512 load(const uint16_t* p) {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     }
+    static __m256i narrow(__m512 v) {
+        return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
     static void store(uint16_t* p, __m512 v) {
-        const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        if (Stream) {
-            _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(h));
-            _mm_stream_si128(reinterpret_cast<__m128i*>(p + 8), _mm256_extracti128_si256(h, 1));
-        } else {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
-        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v));
+    }
+    template <typename F>
+    static __m512i line(F rotated, int64_t j) {
+        return _mm512_inserti64x4(_mm512_castsi256_si512(narrow(rotated(j))),
+                                  narrow(rotated(j + 16)), 1);
     }
 };
 
-// 16 pairs (x[j], x[j + offset]); Parts says which rotated halves to write.
-enum Parts { kFirst = 1, kSecond = 2, kBoth = 3 };
+// Large outputs are written around the caches with non-temporal stores, of whole aligned
+// 64-byte lines: rows of numpy's and ggml's arrays start 16 bytes into a line, and 16-byte
+// stores there ran at ~0.8 of a copy where whole lines run at ~0.9 (one thread, Xeon). A
+// row's results arrive in address order, a line's worth at a time; Lines shifts them onto
+// line boundaries, and writes the lines that the row shares with its neighbours in 16-byte
+// pieces, which the next row, written right after, completes in the same write-combining
+// buffer. A row must be whole lines long and start on 16 bytes.
+class Lines {
+  public:
+    static bool fits(const void* dst, int64_t bytes) {
+        return reinterpret_cast<uintptr_t>(dst) % 16 == 0 && bytes % 64 == 0;
+    }
+    explicit Lines(void* dst)
+        : shift_(int(reinterpret_cast<uintptr_t>(dst) % 64 / 4)),
+          line_(reinterpret_cast<char*>(dst) - 4 * shift_),
+          // lane l of a line is lane l - shift of this vector, or lane l + 16 - shift of
+          // the one before
+          pick_(_mm512_add_epi32(
+              _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+              _mm512_set1_epi32(16 - shift_))),
+          last_(_mm512_setzero_si512()) {}
 
-template <typename E, int P = kBoth>
-void neox16(const typename E::T* src, typename E::T* dst, const float* cos, const float* sin,
-            int64_t offset) {
-    const __m512 x0 = E::load(src), x1 = E::load(src + offset);
-    const __m512 c = _mm512_loadu_ps(cos), s = _mm512_loadu_ps(sin);
-    if (P & kFirst) E::store(dst, _mm512_fmsub_ps(x0, c, _mm512_mul_ps(x1, s)));
-    if (P & kSecond) E::store(dst + offset, _mm512_fmadd_ps(x0, s, _mm512_mul_ps(x1, c)));
+    void put(__m512i v) {
+        const __m512i line = _mm512_permutex2var_epi32(last_, pick_, v);
+        if (first_ && shift_)
+            pieces(line, shift_ / 4, 4);
+        else
+            _mm512_stream_si512(reinterpret_cast<__m512i*>(line_), line);
+        first_ = false;
+        line_ += 64;
+        last_ = v;
+    }
+
+    void end() {
+        if (shift_) pieces(_mm512_permutex2var_epi32(last_, pick_, last_), 0, shift_ / 4);
+    }
+
+  private:
+    // 16-byte pieces [from, to) of the line at line_.
+    void pieces(__m512i line, int from, int to) {
+        alignas(64) int32_t lanes[16];
+        _mm512_store_si512(lanes, line);
+        for (int i = from; i < to; ++i)
+            _mm_stream_si128(reinterpret_cast<__m128i*>(line_ + 16 * i),
+                             _mm_load_si128(reinterpret_cast<const __m128i*>(lanes + 4 * i)));
+    }
+    int shift_;  // the row's start, in 4-byte lanes past its line's
+    char* line_;
+    __m512i pick_, last_;
+    bool first_ = true;
+};
+
+// The rotated values of 16 pairs (x[j], x[j + half]): first ones, then second ones.
+template <typename E>
+__m512 neox_first(const typename E::T* src, const float* cos, const float* sin, int64_t half) {
+    return _mm512_fmsub_ps(E::load(src), _mm512_loadu_ps(cos),
+                           _mm512_mul_ps(E::load(src + half), _mm512_loadu_ps(sin)));
+}
+
+template <typename E>
+__m512 neox_second(const typename E::T* src, const float* cos, const float* sin, int64_t half) {
+    return _mm512_fmadd_ps(E::load(src), _mm512_loadu_ps(sin),
+                           _mm512_mul_ps(E::load(src + half), _mm512_loadu_ps(cos)));
+}
+
+// 8 adjacent pairs with the paired tables: x*cos + swap_pairs(x)*sin.
+template <typename E>
+__m512 normal16(const typename E::T* src, const float* cos, const float* sin) {
+    const __m512 x = E::load(src);
+    return _mm512_fmadd_ps(x, _mm512_loadu_ps(cos),
+                           _mm512_mul_ps(_mm512_permute_ps(x, 0xb1), _mm512_loadu_ps(sin)));
 }
 
 template <typename E>
 void neox(const typename E::T* src, typename E::T* dst, const float* cos, const float* sin,
-          int64_t half) {
+          int64_t half, bool stream) {
     using T = typename E::T;
+    if (stream && half % E::kPerLine == 0 && Lines::fits(dst, 2 * half * int64_t(sizeof(T)))) {
+        // One half after the other, in address order (the second pass reads the source
+        // from L1).
+        Lines out(dst);
+        const auto first = [&](int64_t j) {
+            prefetch_ahead(src + j);
+            prefetch_ahead(src + half + j);
+            return neox_first<E>(src + j, cos + j, sin + j, half);
+        };
+        const auto second = [&](int64_t j) {
+            return neox_second<E>(src + j, cos + j, sin + j, half);
+        };
+        for (int64_t j = 0; j < half; j += E::kPerLine) out.put(E::line(first, j));
+        for (int64_t j = 0; j < half; j += E::kPerLine) out.put(E::line(second, j));
+        out.end();
+        return;
+    }
     int64_t i = 0;
-    if (E::kStream) {
-        // In address order, one half after the other (the second pass reads the source
-        // from L1), like a copy: interleaving the halves leaves lines of a row that is not
-        // 64-byte aligned partly written while stores go elsewhere, and the early flushes
-        // of those write-combining buffers took one thread from 0.9 to 0.65 of a copy.
-        for (; i + 16 <= half; i += 16) {
-            prefetch_ahead(src + i);
-            prefetch_ahead(src + half + i);
-            neox16<E, kFirst>(src + i, dst + i, cos + i, sin + i, half);
-        }
-        for (int64_t j = 0; j < i; j += 16)
-            neox16<E, kSecond>(src + j, dst + j, cos + j, sin + j, half);
-    } else {
-        for (; i + 16 <= half; i += 16) {
-            prefetch_ahead(src + i);
-            prefetch_ahead(src + half + i);
-            neox16<E>(src + i, dst + i, cos + i, sin + i, half);
-        }
+    for (; i + 16 <= half; i += 16) {
+        prefetch_ahead(src + i);
+        prefetch_ahead(src + half + i);
+        const __m512 first = neox_first<E>(src + i, cos + i, sin + i, half);
+        E::store(dst + half + i, neox_second<E>(src + i, cos + i, sin + i, half));
+        E::store(dst + i, first);
     }
     if (i < half) {  // the last pairs go through a zero-padded buffer, both halves side by side
         const size_t n = size_t(half - i);
@@ -212,30 +271,33 @@ void neox(const typename E::T* src, typename E::T* dst, const float* cos, const 
         std::memcpy(x + 16, src + half + i, n * sizeof(T));
         std::memcpy(c, cos + i, n * sizeof(float));
         std::memcpy(s, sin + i, n * sizeof(float));
-        neox16<typename E::Cached>(x, x, c, s, 16);
+        const __m512 first = neox_first<E>(x, c, s, 16);
+        E::store(x + 16, neox_second<E>(x, c, s, 16));
+        E::store(x, first);
         std::memcpy(dst + i, x, n * sizeof(T));
         std::memcpy(dst + half + i, x + 16, n * sizeof(T));
     }
 }
 
-// 8 adjacent pairs with the interleaved tables: x*cos + swap_pairs(x)*sin.
-template <typename E>
-void normal16(const typename E::T* src, typename E::T* dst, const float* cos, const float* sin) {
-    const __m512 x = E::load(src);
-    const __m512 swapped = _mm512_permute_ps(x, 0xb1);
-    E::store(dst, _mm512_fmadd_ps(x, _mm512_loadu_ps(cos),
-                                  _mm512_mul_ps(swapped, _mm512_loadu_ps(sin))));
-}
-
 template <typename E>
 void normal(const typename E::T* src, typename E::T* dst, const float* cos, const float* sin,
-            int64_t half) {
+            int64_t half, bool stream) {
     using T = typename E::T;
     const int64_t n_rot = 2 * half;
+    if (stream && n_rot % E::kPerLine == 0 && Lines::fits(dst, n_rot * int64_t(sizeof(T)))) {
+        Lines out(dst);
+        const auto rotated = [&](int64_t j) {
+            prefetch_ahead(src + j);
+            return normal16<E>(src + j, cos + j, sin + j);
+        };
+        for (int64_t j = 0; j < n_rot; j += E::kPerLine) out.put(E::line(rotated, j));
+        out.end();
+        return;
+    }
     int64_t i = 0;
     for (; i + 16 <= n_rot; i += 16) {
         prefetch_ahead(src + i);
-        normal16<E>(src + i, dst + i, cos + i, sin + i);
+        E::store(dst + i, normal16<E>(src + i, cos + i, sin + i));
     }
     if (i < n_rot) {
         const size_t n = size_t(n_rot - i);
@@ -244,30 +306,9 @@ void normal(const typename E::T* src, typename E::T* dst, const float* cos, cons
         std::memcpy(x, src + i, n * sizeof(T));
         std::memcpy(c, cos + i, n * sizeof(float));
         std::memcpy(s, sin + i, n * sizeof(float));
-        normal16<typename E::Cached>(x, x, c, s);
+        E::store(x, normal16<E>(x, c, s));
         std::memcpy(dst + i, x, n * sizeof(T));
     }
-}
-
-// Streams only when every vector store of the row lands on a 16-byte boundary.
-template <template <bool> class E>
-void neox_row(const typename E<false>::T* src, typename E<false>::T* dst, const float* cos,
-              const float* sin, int64_t half, bool stream) {
-    const bool aligned = reinterpret_cast<uintptr_t>(dst) % 16 == 0 &&
-                         half * int64_t(sizeof(*dst)) % 16 == 0;
-    if (stream && aligned)
-        neox<E<true>>(src, dst, cos, sin, half);
-    else
-        neox<E<false>>(src, dst, cos, sin, half);
-}
-
-template <template <bool> class E>
-void normal_row(const typename E<false>::T* src, typename E<false>::T* dst, const float* cos,
-                const float* sin, int64_t half, bool stream) {
-    if (stream && reinterpret_cast<uintptr_t>(dst) % 16 == 0)
-        normal<E<true>>(src, dst, cos, sin, half);
-    else
-        normal<E<false>>(src, dst, cos, sin, half);
 }
 
 void fence() { _mm_sfence(); }
@@ -275,8 +316,7 @@ void fence() { _mm_sfence(); }
 }  // namespace
 
 extern const Kernel kAvx512Kernel = {
-    "avx512", tables<false>, tables<true>, neox_row<F32>, normal_row<F32>, neox_row<F16>,
-    normal_row<F16>, fence,
+    "avx512", tables<false>, tables<true>, neox<F32>, normal<F32>, neox<F16>, normal<F16>, fence,
 };
 
 }  // namespace pyntk

@@ -185,18 +185,21 @@ def test_threads_give_identical_results(kernel, rng, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("mode", ["neox", "normal"])
-@pytest.mark.parametrize("heads, head_dim, dims", [(32, 128, 128), (9, 80, 72)])
+@pytest.mark.parametrize("heads, head_dim, dims", [(32, 128, 128), (9, 72, 64), (9, 80, 72)])
 def test_large_outputs_written_around_the_cache(kernel, rng, dtype, mode, heads, head_dim, dims):
-    # 16 MiB and more are written with non-temporal stores where the CPU has them, when
-    # the destination is 16-byte aligned; the misaligned view takes the ordinary path.
-    # 72 rotary dims leave NEOX a tail past its last full vector, and 8 dims to copy.
+    # 16 MiB and more are written with non-temporal stores where the CPU has them: whole
+    # 64-byte lines shifted onto line boundaries when the destination starts on 16 bytes
+    # (0, 16 and 48 bytes into a line below), ordinary stores when it does not (one element
+    # in) or when a row is not whole lines (72 rotary dims). Heads of 72 values start at
+    # alternating shifts and leave 8 values to copy after the 64 rotated ones.
     scaling = RopeScaling(dims=dims)
-    tokens = (16 << 20) // (heads * head_dim * np.dtype(dtype).itemsize) + 1
+    size = np.dtype(dtype).itemsize
+    tokens = (16 << 20) // (heads * head_dim * size) + 1
     x, positions = _inputs(rng, (tokens, heads, head_dim), dtype)
     expected = pyntk.rotate(x.copy(), positions, scaling, mode=mode)  # in place: cached
     buffer = np.empty(x.size + 64, dtype)
-    start = (-buffer.ctypes.data % 64) // buffer.itemsize
-    for offset in (start, start + 4, start + 1):
+    start = (-buffer.ctypes.data % 64) // size
+    for offset in (start, start + 16 // size, start + 48 // size, start + 1):
         out = buffer[offset : offset + x.size].reshape(x.shape)
         pyntk.rotate(x, positions, scaling, mode=mode, out=out, threads=2)
         np.testing.assert_array_equal(out, expected)
