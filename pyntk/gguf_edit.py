@@ -208,6 +208,9 @@ SPACE_MARGIN = 16 << 20  # free space kept beyond the new file's size
 # Methods llama.cpp can apply from the file alone, and the scaling type each is written as.
 # There is no 'ntk' type in llama.cpp: static NTK is a new freq_base with type 'none'.
 FILE_METHODS = {"none": "none", "ntk": "none", "linear": "linear", "yarn": "yarn"}
+# ... and at run time, where NTK-by-parts is YaRN with its temperature cancelled through
+# rope.scaling.attn_factor (a key override).
+RUNTIME_METHODS = {**FILE_METHODS, "ntk-by-parts": "yarn"}
 
 _U32, _F32, _STR = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING
 

@@ -26,7 +26,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import PyntkError
-from .gguf_edit import CTX_PAD, LLAMA_CPP_TYPES, RopeInfo, read_original_rope, read_rope
+from .gguf_edit import (CTX_PAD, LLAMA_CPP_TYPES, RUNTIME_METHODS, RopeInfo, read_original_rope,
+                        read_rope)
 from .plan import acts_unscaled, static_equivalent
 from .scaling import RopeScaling
 
@@ -37,25 +38,21 @@ def llama_kwargs(scaling: RopeScaling, info: RopeInfo) -> dict:
     """llama-cpp-python ``Llama(...)`` keyword arguments that make llama.cpp apply ``scaling`` to
     the model described by ``info``, whatever rope settings the file itself carries."""
     s = scaling
-    kw: dict = {"rope_freq_base": s.base, "rope_freq_scale": 1.0, "yarn_ext_factor": 0.0}
+    if s.method not in RUNTIME_METHODS:
+        raise PyntkError(f"llama.cpp has no runtime setting for {s.method!r}; it applies "
+                         f"{', '.join(RUNTIME_METHODS)} (ntk as a larger base)")
+    kind = RUNTIME_METHODS[s.method]
+    kw: dict = {"rope_scaling_type": LLAMA_CPP_TYPES.index(kind),
+                "rope_freq_base": s.ntk_base if s.method == "ntk" else s.base,
+                "rope_freq_scale": 1.0 if kind == "none" else 1.0 / s.factor,
+                "yarn_ext_factor": 1.0 if kind == "yarn" else 0.0}
     attention = 1.0
-    if s.method == "none":
-        kw["rope_scaling_type"] = LLAMA_CPP_TYPES.index("none")
-    elif s.method == "linear":
-        kw.update(rope_scaling_type=LLAMA_CPP_TYPES.index("linear"), rope_freq_scale=1.0 / s.factor)
-    elif s.method == "ntk":
-        # static NTK is only a larger base to llama.cpp
-        kw.update(rope_scaling_type=LLAMA_CPP_TYPES.index("none"), rope_freq_base=s.ntk_base)
-    elif s.method in ("yarn", "ntk-by-parts"):
-        kw.update(rope_scaling_type=LLAMA_CPP_TYPES.index("yarn"), rope_freq_scale=1.0 / s.factor,
-                  yarn_ext_factor=1.0, yarn_orig_ctx=s.original_context,
-                  yarn_beta_fast=s.beta_fast, yarn_beta_slow=s.beta_slow)
+    if kind == "yarn":
+        kw.update(yarn_orig_ctx=s.original_context, yarn_beta_fast=s.beta_fast,
+                  yarn_beta_slow=s.beta_slow)
         # llama.cpp always applies YaRN's temperature 0.1*ln(s)+1 and multiplies it by the file's
         # rope.scaling.attn_factor; NTK-by-parts is YaRN with that product equal to 1.
         attention = s.attn_factor if s.method == "yarn" else 1.0 / (0.1 * math.log(s.factor) + 1.0)
-    else:
-        raise PyntkError(f"llama.cpp has no runtime setting for {s.method!r}; it applies none, linear, "
-                         f"ntk (as a base), yarn and ntk-by-parts")
     # llama.cpp multiplies cos and sin by rope.scaling.attn_factor whatever the scaling type
     if attention != info.attn_factor:
         kw["kv_overrides"] = {f"{info.arch}.rope.scaling.attn_factor": float(attention)}
