@@ -197,12 +197,14 @@ def test_large_outputs_written_around_the_cache(kernel, rng, dtype, mode, heads,
     tokens = (16 << 20) // (heads * head_dim * size) + 1
     x, positions = _inputs(rng, (tokens, heads, head_dim), dtype)
     expected = pyntk.rotate(x.copy(), positions, scaling, mode=mode)  # in place: cached
-    buffer = np.empty(x.size + 64, dtype)
-    start = (-buffer.ctypes.data % 64) // size
+    buffer = np.empty(x.size + 128, dtype)
+    start = 64 // size + (-buffer.ctypes.data % 64) // size
     for offset in (start, start + 16 // size, start + 48 // size, start + 1):
+        buffer[:] = 7  # nothing outside `out` may be written
         out = buffer[offset : offset + x.size].reshape(x.shape)
         pyntk.rotate(x, positions, scaling, mode=mode, out=out, threads=2)
         np.testing.assert_array_equal(out, expected)
+        assert (buffer[:offset] == 7).all() and (buffer[offset + x.size :] == 7).all()
     some = slice(0, tokens, 97)
     assert_rotated(expected[some], x[some], positions[some], scaling, mode)
 
