@@ -266,6 +266,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("cos_sin", &cos_sin, py::arg("positions").noconvert(), py::arg("inv_freq").noconvert(),
           py::arg("attn"),
           "(cos, sin) float32 [len(positions), n_rot/2], both times attn, as the kernel uses them");
+    m.attr("MAX_THREADS") = kMaxThreads;
     m.def("cpu_features", &cpu_features, "CPU features usable here (OS state checked)");
     m.def("kernels", &kernels, "Kernels this CPU can run, best first");
     m.def("kernel", [] { return std::string(pyntk::active_kernel().name); }, "The active kernel");

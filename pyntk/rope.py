@@ -44,13 +44,19 @@ _MODES = {"neox": _core.RopeMode.neox, "normal": _core.RopeMode.normal}
 
 def _positions(positions) -> np.ndarray:
     pos = np.asarray(positions)
+    if pos.ndim == 0:
+        raise ValueError(f"positions must be an array with one integer per token, got {positions!r}")
     if pos.size == 0:
         return np.zeros(pos.shape, dtype=np.int64)
-    if pos.dtype.kind not in "iu":
+    if pos.dtype.kind == "O" and all(isinstance(p, int) for p in pos.flat):
+        too_large = max(pos.flat, key=abs)  # numpy holds Python integers past 2^64 as objects
+    elif pos.dtype.kind not in "iu":
         raise TypeError(f"positions must be integers, got dtype {pos.dtype}")
-    if pos.dtype.kind == "u" and pos.max() > np.iinfo(np.int64).max:
-        raise ValueError("positions must fit in int64")
-    return np.ascontiguousarray(pos, dtype=np.int64)
+    elif pos.dtype.kind == "u" and pos.max() > np.iinfo(np.int64).max:
+        too_large = pos.max()
+    else:
+        return np.ascontiguousarray(pos, dtype=np.int64)
+    raise ValueError(f"positions must be non-negative and at most 2^53, got {too_large}")
 
 
 def _frequencies(scaling: RopeScaling, pos: np.ndarray, n_rot, seq_len) -> Tuple[np.ndarray, float]:
@@ -76,7 +82,7 @@ def rotate(x: np.ndarray, positions, scaling: RopeScaling, mode: str = "neox",
     x          float32 or float16, [tokens, heads, head_dim] or [batch, tokens, heads,
                head_dim]; the last axis contiguous, the others may be strided
     positions  one non-negative integer per token ([tokens], shared by the batch, or
-               [batch, tokens]); any values, not only 0..tokens-1
+               [batch, tokens]); any values from 0 to 2^53, not only 0..tokens-1
     scaling    the method and its parameters (:class:`RopeScaling`)
     mode       "neox" rotates (x[i], x[i + n_rot/2]) (Qwen2, Gemma, Phi-3, GPT-NeoX),
                "normal" rotates (x[2i], x[2i+1]) (llama); llama.cpp's conventions
@@ -99,8 +105,10 @@ def rotate(x: np.ndarray, positions, scaling: RopeScaling, mode: str = "neox",
         raise ValueError(f"mode must be 'neox' or 'normal', got {mode!r}")
     if threads is None:
         threads = 0
-    elif isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive whole number or None, got {threads!r}")
+    elif (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+          or not 1 <= threads <= _core.MAX_THREADS):
+        raise ValueError(f"threads must be a whole number from 1 to {_core.MAX_THREADS} or None, "
+                         f"got {threads!r}")
     pos = _positions(positions)
     inv, attention = _frequencies(scaling, pos, n_rot, seq_len)
     return _core.rotate(x, pos, inv, attention, _MODES[mode], out, int(threads))

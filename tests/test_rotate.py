@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -181,6 +183,34 @@ def test_threads_give_identical_results(kernel, rng, dtype):
                for t in (None, 1, 2, 3, 37, 256)]
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
+
+
+def test_python_runs_during_a_rotation(rng):
+    # The core releases the GIL: another Python thread keeps reading the clock all through
+    # one long call (the scalar kernel computes a sin/cos per pair: about 150 ms here), so no
+    # gap between its readings comes near the call's length. Holding the GIL would leave one
+    # gap of almost the whole call.
+    x = rng.standard_normal((65536, 1, 256)).astype(np.float32)
+    scaling = RopeScaling("yarn", dims=256, factor=16, original_context=4096)
+    readings, stop = [], threading.Event()
+
+    def read_the_clock():
+        while not stop.is_set():
+            readings.append(time.perf_counter())
+
+    worker = threading.Thread(target=read_the_clock)
+    with rope.use_kernel("scalar"):
+        worker.start()
+        try:
+            time.sleep(0.02)
+            start = time.perf_counter()
+            pyntk.rotate(x, np.arange(len(x)), scaling, threads=1)
+            end = time.perf_counter()
+        finally:
+            stop.set()
+            worker.join()
+    during = [t for t in readings if start < t < end]
+    assert np.diff([start, *during, end]).max() < (end - start) / 2
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -377,7 +407,10 @@ def _bad_calls():
         (lambda: pyntk.rotate(x, p.reshape(2, 2), s), ValueError, "positions"),
         (lambda: pyntk.rotate(x, p - 1, s), ValueError, "non-negative"),
         (lambda: pyntk.rotate(x, p.astype(np.float64), s), TypeError, "integers"),
-        (lambda: pyntk.rotate(x, np.array([2**64 - 1] * 4, np.uint64), s), ValueError, "int64"),
+        (lambda: pyntk.rotate(x, np.array([2**64 - 1] * 4, np.uint64), s), ValueError, "2\\^53"),
+        (lambda: pyntk.rotate(x, [0, 1, 2, 2**70], s), ValueError, "2\\^53, got 118059"),
+        (lambda: pyntk.rotate(x, [0, 1, 2, -2**70], s), ValueError, "got -118059"),
+        (lambda: pyntk.rotate(x[:1], 0, s), ValueError, "one integer per token"),
         (lambda: pyntk.rotate(x, p, s, n_rot=63), ValueError, "even"),
         (lambda: pyntk.rotate(x, p, s, n_rot=0), ValueError, "even"),
         (lambda: pyntk.rotate(x, p, s, n_rot=66), ValueError, "head_dim"),
@@ -393,6 +426,7 @@ def _bad_calls():
         (lambda: pyntk.rotate(x, p, s, mode="gptj"), ValueError, "mode"),
         (lambda: pyntk.rotate(x, p, s, threads=0), ValueError, "threads"),
         (lambda: pyntk.rotate(x, p, s, threads=257), ValueError, "threads"),
+        (lambda: pyntk.rotate(x, p, s, threads=2**70), ValueError, "from 1 to 256"),
         (lambda: pyntk.rotate(x, p, "yarn"), TypeError, "RopeScaling"),
         (lambda: pyntk.cos_sin(p.reshape(2, 2), s), ValueError, "one-dimensional"),
         (lambda: pyntk.cos_sin([-1], s), ValueError, "non-negative"),
