@@ -135,10 +135,15 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def find(rows: list, tokens: int, mode: str, name: str, threads: int):
+    """The row measuring name on tokens in mode with threads, or None."""
+    return next((r for r in rows if (r["tokens"], r["mode"], r["name"], r["threads"])
+                 == (tokens, mode, name, threads)), None)
+
+
 def verdicts(rows: list) -> list:
     def get(tokens, mode, name, threads):
-        return next((r for r in rows if (r["tokens"], r["mode"], r["name"], r["threads"])
-                     == (tokens, mode, name, threads)), None)
+        return find(rows, tokens, mode, name, threads)
 
     out = []
     for tokens in sorted({r["tokens"] for r in rows}):
@@ -171,8 +176,7 @@ def verdicts(rows: list) -> list:
 def summary(rows: list) -> str:
     """The README's table: one line per array and mode, × against the copy."""
     def cell(tokens, mode, name, threads):
-        r = next((r for r in rows if (r["tokens"], r["mode"], r["name"], r["threads"])
-                  == (tokens, mode, name, threads)), None)
+        r = find(rows, tokens, mode, name, threads)
         return "—" if r is None else f"{r['seconds'] * 1e3:.1f} ms ({r['of_copy']:.2f}×)"
 
     columns = [("copy", 1), ("numpy", 1), ("llama.cpp", 1), ("pyntk", 1), ("pyntk", 2),

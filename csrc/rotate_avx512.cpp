@@ -226,6 +226,16 @@ __m512 neox_second(const typename E::T* src, const float* cos, const float* sin,
                            _mm512_mul_ps(E::load(src + half), _mm512_loadu_ps(cos)));
 }
 
+// 16 pairs (x[j], x[j + offset]) rotated with cached stores; both are read before either
+// is written, so src may equal dst.
+template <typename E>
+void neox16(const typename E::T* src, typename E::T* dst, const float* cos, const float* sin,
+            int64_t offset) {
+    const __m512 first = neox_first<E>(src, cos, sin, offset);
+    E::store(dst + offset, neox_second<E>(src, cos, sin, offset));
+    E::store(dst, first);
+}
+
 // 8 adjacent pairs with the paired tables: x*cos + swap_pairs(x)*sin.
 template <typename E>
 __m512 normal16(const typename E::T* src, const float* cos, const float* sin) {
@@ -259,9 +269,7 @@ void neox(const typename E::T* src, typename E::T* dst, const float* cos, const 
     for (; i + 16 <= half; i += 16) {
         prefetch_ahead(src + i);
         prefetch_ahead(src + half + i);
-        const __m512 first = neox_first<E>(src + i, cos + i, sin + i, half);
-        E::store(dst + half + i, neox_second<E>(src + i, cos + i, sin + i, half));
-        E::store(dst + i, first);
+        neox16<E>(src + i, dst + i, cos + i, sin + i, half);
     }
     if (i < half) {  // the last pairs go through a zero-padded buffer, both halves side by side
         const size_t n = size_t(half - i);
@@ -271,9 +279,7 @@ void neox(const typename E::T* src, typename E::T* dst, const float* cos, const 
         std::memcpy(x + 16, src + half + i, n * sizeof(T));
         std::memcpy(c, cos + i, n * sizeof(float));
         std::memcpy(s, sin + i, n * sizeof(float));
-        const __m512 first = neox_first<E>(x, c, s, 16);
-        E::store(x + 16, neox_second<E>(x, c, s, 16));
-        E::store(x, first);
+        neox16<E>(x, x, c, s, 16);
         std::memcpy(dst + i, x, n * sizeof(T));
         std::memcpy(dst + half + i, x + 16, n * sizeof(T));
     }

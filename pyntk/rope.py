@@ -48,15 +48,14 @@ def _positions(positions) -> np.ndarray:
         raise ValueError(f"positions must be an array with one integer per token, got {positions!r}")
     if pos.size == 0:
         return np.zeros(pos.shape, dtype=np.int64)
-    if pos.dtype.kind == "O" and all(isinstance(p, int) for p in pos.flat):
-        too_large = max(pos.flat, key=abs)  # numpy holds Python integers past 2^64 as objects
-    elif pos.dtype.kind not in "iu":
+    # Integers past int64 come as uint64, or past uint64 as Python objects.
+    if (pos.dtype.kind == "O" and all(isinstance(p, int) for p in pos.flat)
+            or pos.dtype.kind == "u" and pos.max() > np.iinfo(np.int64).max):
+        raise ValueError(f"positions must be non-negative and at most 2^53, "
+                         f"got {max(pos.flat, key=abs)}")
+    if pos.dtype.kind not in "iu":
         raise TypeError(f"positions must be integers, got dtype {pos.dtype}")
-    elif pos.dtype.kind == "u" and pos.max() > np.iinfo(np.int64).max:
-        too_large = pos.max()
-    else:
-        return np.ascontiguousarray(pos, dtype=np.int64)
-    raise ValueError(f"positions must be non-negative and at most 2^53, got {too_large}")
+    return np.ascontiguousarray(pos, dtype=np.int64)
 
 
 def _frequencies(scaling: RopeScaling, pos: np.ndarray, n_rot, seq_len) -> Tuple[np.ndarray, float]:
