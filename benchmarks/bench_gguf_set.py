@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import ggufs  # noqa: E402  (the test GGUF factory)
-from pyntk.gguf_edit import apply, plan_reset, plan_set  # noqa: E402
+from pyntk.edit import plan_reset, plan_set  # noqa: E402
+from pyntk.writer import apply  # noqa: E402
 
 GiB = 1 << 30
 

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -99,32 +101,82 @@ std::pair<uintptr_t, uintptr_t> extent(const py::array& a) {
     return {low, high + uintptr_t(a.itemsize())};
 }
 
-const double* inv_table(const py::array& inv, int64_t* half) {
+// Refuses an output two of whose elements share memory: several threads, or one thread twice,
+// would write the same bytes. Taken by increasing stride, each axis must step past all that the
+// axes before it span (a row of the contiguous last axis to begin with); that proves the
+// elements distinct in O(ndim log ndim), and every layout slicing, transposing and reshaping
+// make passes. Strides that interleave two axes (only as_strided makes them) may or may not
+// collide, and deciding which is an integer program, so those are refused too ("may overlap"),
+// as numpy's ufuncs treat an internal overlap they cannot cheaply rule out as one.
+void check_distinct_elements(const py::array& a, bool in_place) {
+    if (a.size() == 0) return;  // nothing is written
+    const py::ssize_t last = a.ndim() - 1;
+    std::vector<std::pair<py::ssize_t, py::ssize_t>> axes;  // (|stride|, axis)
+    for (py::ssize_t i = 0; i < last; ++i)
+        if (a.shape(i) > 1) axes.emplace_back(std::abs(a.strides(i)), i);
+    std::sort(axes.begin(), axes.end());
+    const py::ssize_t row = a.shape(last) * a.itemsize();
+    py::ssize_t span = row;
+    for (const auto& [stride, axis] : axes) {
+        const std::string on_axis = std::to_string(axis);
+        std::string why;
+        if (stride == 0)
+            why = "overlaps itself (stride 0 on axis " + on_axis + ")";
+        else if (stride < row)  // neighbours along this axis share bytes
+            why = "overlaps itself (axis " + on_axis + "'s stride of " + std::to_string(stride) +
+                  " bytes is less than the " + std::to_string(row) + " bytes of its last axis)";
+        else if (stride < span)
+            why = "may overlap itself (axis " + on_axis + "'s stride of " +
+                  std::to_string(stride) + " bytes is less than the " + std::to_string(span) +
+                  " bytes spanned by its axes of smaller stride)";
+        if (!why.empty())
+            value_error(in_place ? "x " + why +
+                                       ", so it cannot be rotated in place; pass out=np.empty(" +
+                                       "x.shape, x.dtype)"
+                                 : "out " + why +
+                                       "; pass a contiguous array such as np.empty(x.shape, " +
+                                       "x.dtype)");
+        span += stride * (a.shape(axis) - 1);
+    }
+}
+
+// The caller's arrays stay writable once the GIL is released: by another Python thread, or
+// by the rotation itself when they share memory with its output. So the kernel reads private
+// copies of the positions and the frequency table, checked after copying: what it reads is
+// what was checked (a position flipped past 2^53 in between gave |cos| > 1).
+template <typename T>
+std::vector<T> pinned(const py::array& a) {
+    std::vector<T> copy(size_t(a.size()));
+    if (!copy.empty()) std::memcpy(copy.data(), a.data(), copy.size() * sizeof(T));
+    return copy;
+}
+
+std::vector<double> inv_table(const py::array& inv) {
     if (inv.ndim() != 1 || inv.dtype().normalized_num() != py::dtype::num_of<double>() ||
         !native_order(inv.dtype()) ||
         !(inv.flags() & py::array::c_style))
         type_error("inv_freq must be a contiguous 1-D float64 array");
-    *half = inv.shape(0);
-    if (*half < 1) value_error("inv_freq must have at least one frequency");
-    const double* data = static_cast<const double*>(inv.data());
+    std::vector<double> table = pinned<double>(inv);
+    if (table.empty()) value_error("inv_freq must have at least one frequency");
     // Scalings only ever slow pairs down, so 0 <= inv <= 1 and an angle is at most its position.
-    for (int64_t i = 0; i < *half; ++i)
-        if (!(data[i] >= 0.0 && data[i] <= 1.0)) value_error("inv_freq must lie in [0, 1], got " + std::to_string(data[i]));
-    return data;
+    for (double v : table)
+        if (!(v >= 0.0 && v <= 1.0)) value_error("inv_freq must lie in [0, 1], got " + std::to_string(v));
+    return table;
 }
 
-void check_positions(const py::array& pos, py::ssize_t ndim_max) {
+std::vector<int64_t> positions_of(const py::array& pos, py::ssize_t ndim_max) {
     if (pos.ndim() < 1 || pos.ndim() > ndim_max ||
         pos.dtype().normalized_num() != py::dtype::num_of<int64_t>() ||
         !native_order(pos.dtype()) || !(pos.flags() & py::array::c_style))
         type_error("positions must be a contiguous int64 array");
-    const int64_t* p = static_cast<const int64_t*>(pos.data());
+    std::vector<int64_t> p = pinned<int64_t>(pos);
     // Past 2^53 a double no longer holds every integer, so neither the angle nor its reduction
     // modulo 2pi (which the SIMD kernels rely on) would mean anything.
     constexpr int64_t max_pos = int64_t(1) << 53;
-    for (py::ssize_t i = 0; i < pos.size(); ++i)
-        if (p[i] < 0 || p[i] > max_pos)
-            value_error("positions must be non-negative and at most 2^53, got " + std::to_string(p[i]));
+    for (int64_t v : p)
+        if (v < 0 || v > max_pos)
+            value_error("positions must be non-negative and at most 2^53, got " + std::to_string(v));
+    return p;
 }
 
 void check_attn(double attn) {
@@ -154,16 +206,18 @@ py::array rotate(py::array x, py::array positions, py::array inv, double attn,
         if (out.ndim() != x.ndim() || !std::equal(shape, shape + 4, out_shape) || out_f16 != f16)
             value_error("out must have x's shape " + shape_str(x) + " and dtype, got " +
                         shape_str(out) + " " + std::string(py::str(out.dtype())));
+        check_distinct_elements(out, false);
         const auto a = extent(x), b = extent(out);
         const bool same = x.data() == out.data() && std::equal(job.src_stride, job.src_stride + 3,
                                                                 job.dst_stride);
         if (!same && a.first < b.second && b.first < a.second)
             value_error("out overlaps x; pass out=None to rotate x in place");
     } else {
+        check_distinct_elements(x, true);
         std::copy(job.src_stride, job.src_stride + 3, job.dst_stride);
     }
 
-    check_positions(positions, 2);
+    const std::vector<int64_t> pos = positions_of(positions, 2);
     const bool per_batch = positions.ndim() == 2;
     const bool fits = per_batch ? x.ndim() == 4 && positions.shape(0) == job.batch &&
                                       positions.shape(1) == job.tokens
@@ -176,10 +230,12 @@ py::array rotate(py::array x, py::array positions, py::array inv, double attn,
                                    : std::string()) +
                     ", got " + shape_str(positions));
     }
-    job.pos = static_cast<const int64_t*>(positions.data());
+    job.pos = pos.data();
     job.pos_batch_stride = per_batch ? job.tokens : 0;
 
-    job.inv = inv_table(inv, &job.half);
+    const std::vector<double> table = inv_table(inv);
+    job.inv = table.data();
+    job.half = int64_t(table.size());
     if (2 * job.half > job.head_dim)
         value_error("n_rot = " + std::to_string(2 * job.half) + " rotary dimensions exceed head_dim " +
                     std::to_string(job.head_dim));
@@ -190,6 +246,10 @@ py::array rotate(py::array x, py::array positions, py::array inv, double attn,
         value_error("threads must be from 0 (automatic) to " + std::to_string(kMaxThreads) +
                     ", got " + std::to_string(threads));
 
+    // x and out are not copied (that would double the memory traffic): another thread writing
+    // them meanwhile can only change which float values are read or written, and the kernel
+    // takes any float. Every address, count, stride and table it relies on was fixed above, and
+    // this call's references keep both buffers alive (numpy refuses to resize a referenced array).
     job.src = static_cast<const char*>(x.data());
     job.dst = static_cast<char*>(out.mutable_data());
     {
@@ -200,18 +260,16 @@ py::array rotate(py::array x, py::array positions, py::array inv, double attn,
 }
 
 py::tuple cos_sin(py::array positions, py::array inv, double attn) {
-    check_positions(positions, 1);
-    int64_t half;
-    const double* table = inv_table(inv, &half);
+    const std::vector<int64_t> pos = positions_of(positions, 1);
+    const std::vector<double> table = inv_table(inv);
     check_attn(attn);
-    const int64_t n = positions.shape(0);
+    const int64_t n = int64_t(pos.size()), half = int64_t(table.size());
     py::array_t<float> cos({n, half}), sin({n, half});
-    const int64_t* pos = static_cast<const int64_t*>(positions.data());
     float* c = cos.mutable_data();
     float* s = sin.mutable_data();
     {
         py::gil_scoped_release release;
-        pyntk::cos_sin(table, half, float(attn), pos, n, c, s);
+        pyntk::cos_sin(table.data(), half, float(attn), pos.data(), n, c, s);
     }
     return py::make_tuple(cos, sin);
 }

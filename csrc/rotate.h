@@ -63,7 +63,9 @@ void set_kernel(const std::string& name);
 void kernel_from_environment();
 
 // One validated rotation. Arrays are [batch, tokens, heads, head_dim] with byte strides
-// (head_dim contiguous); dst may equal src (same strides) or not overlap it at all.
+// (head_dim contiguous); dst may equal src (same strides) or not overlap it at all, and no
+// two of dst's elements share memory. pos and inv are the core's own copies, which nothing
+// else writes while the rotation runs.
 struct RotateJob {
     const char* src = nullptr;
     char* dst = nullptr;

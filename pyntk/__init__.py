@@ -3,8 +3,19 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import PyntkError
-from .rope import cos_sin, cpu_features, inv_freq, rotate
 from .scaling import METHODS, RopeScaling
+
+# The compiled core loads on first use: the metadata commands (info, gguf-set, gguf-reset, args)
+# run without it.
+_CORE = ("cos_sin", "cpu_features", "inv_freq", "rotate")
+
+
+def __getattr__(name: str):
+    if name in _CORE:
+        from . import rope
+        return getattr(rope, name)
+    raise AttributeError(f"module 'pyntk' has no attribute {name!r}")
+
 
 try:
     __version__ = version("pyntk")

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import PyntkError
-from .reference import dynamic_base, inv_freq
+from . import llamacpp
 from .scaling import RopeScaling
 
 # From ggml.h.
@@ -110,32 +110,9 @@ def available() -> bool:
 
 
 def ggml_args(scaling: RopeScaling, seq_len: Optional[int] = None) -> dict:
-    """``ggml_rope`` keyword arguments that make llama.cpp compute ``scaling``.
-
-    llama.cpp has no Dynamic NTK: it is given here as the static base for ``seq_len``
-    (default: the original context, i.e. unscaled). NTK-by-parts is YaRN with the
-    temperature divided back out. llama3 uses per-pair frequency factors.
-    """
-    if not isinstance(scaling, RopeScaling):
-        raise TypeError(f"scaling must be a pyntk.RopeScaling, got {type(scaling).__name__}")
-    s = scaling
-    args = dict(n_rot=s.dims, freq_base=s.base)
-    if s.method == "linear":
-        args.update(freq_scale=1.0 / s.factor)
-    elif s.method == "ntk":
-        args.update(freq_base=s.ntk_base)
-    elif s.method == "dynamic":
-        args.update(freq_base=dynamic_base(s, seq_len))
-    elif s.method in ("ntk-by-parts", "yarn"):
-        # ggml multiplies cos/sin by attn_factor * (1 + 0.1 ln(factor)) whenever ext_factor != 0.
-        temperature = 1.0 + 0.1 * math.log(s.factor)
-        args.update(freq_scale=1.0 / s.factor, ext_factor=1.0, beta_fast=s.beta_fast,
-                    beta_slow=s.beta_slow, n_ctx_orig=s.original_context,
-                    attn_factor=s.attn_factor if s.method == "yarn" else 1.0 / temperature)
-    elif s.method == "llama3":
-        plain = s.base ** (-2.0 * np.arange(s.dims // 2) / s.dims)
-        args.update(freq_factors=plain / inv_freq(s)[0])
-    return args
+    """``ggml_rope`` keyword arguments that make llama.cpp compute ``scaling``: pyntk.llamacpp's
+    one mapping, rendered for ggml (Dynamic NTK as the static base for ``seq_len``)."""
+    return llamacpp.ggml_args(llamacpp.to_llama(scaling, length=seq_len), scaling.dims)
 
 
 def _whole(name: str, value, low: int, high: int) -> int:

@@ -18,45 +18,39 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import os
+import threading
 from collections import OrderedDict
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import PyntkError
-from .gguf_edit import (CTX_PAD, LLAMA_CPP_TYPES, RUNTIME_METHODS, RopeInfo, read_original_rope,
-                        read_rope)
-from .plan import acts_unscaled, static_equivalent
-from .scaling import RopeScaling
+from .llamacpp import CTX_PAD, RopeView, python_kwargs, read, to_llama, with_context
+from .record import read_original
+from .plan import acts_unscaled, scaling_for, static_equivalent
+from .scaling import METHODS, RopeScaling
 
 _QUIET = None
 
 
-def llama_kwargs(scaling: RopeScaling, info: RopeInfo) -> dict:
+def llama_kwargs(scaling: RopeScaling, view: RopeView) -> dict:
     """llama-cpp-python ``Llama(...)`` keyword arguments that make llama.cpp apply ``scaling`` to
-    the model described by ``info``, whatever rope settings the file itself carries."""
-    s = scaling
-    if s.method not in RUNTIME_METHODS:
-        raise PyntkError(f"llama.cpp has no runtime setting for {s.method!r}; it applies "
-                         f"{', '.join(RUNTIME_METHODS)} (ntk as a larger base)")
-    kind = RUNTIME_METHODS[s.method]
-    kw: dict = {"rope_scaling_type": LLAMA_CPP_TYPES.index(kind),
-                "rope_freq_base": s.ntk_base if s.method == "ntk" else s.base,
-                "rope_freq_scale": 1.0 if kind == "none" else 1.0 / s.factor,
-                "yarn_ext_factor": 1.0 if kind == "yarn" else 0.0}
-    attention = 1.0
-    if kind == "yarn":
-        kw.update(yarn_orig_ctx=s.original_context, yarn_beta_fast=s.beta_fast,
-                  yarn_beta_slow=s.beta_slow)
-        # llama.cpp always applies YaRN's temperature 0.1*ln(s)+1 and multiplies it by the file's
-        # rope.scaling.attn_factor; NTK-by-parts is YaRN with that product equal to 1.
-        attention = s.attn_factor if s.method == "yarn" else 1.0 / (0.1 * math.log(s.factor) + 1.0)
-    # llama.cpp multiplies cos and sin by rope.scaling.attn_factor whatever the scaling type
-    if attention != info.attn_factor:
-        kw["kv_overrides"] = {f"{info.arch}.rope.scaling.attn_factor": float(attention)}
-    return kw
+    the file ``view`` describes, whatever rope settings it carries (key overrides only for the
+    values that differ from the file's, so equal files share one loaded model)."""
+    if scaling.method == "dynamic":
+        raise PyntkError("llama.cpp has no runtime setting for 'dynamic': give the static scaling for a "
+                         "length (pyntk.plan.static_equivalent) or use pyntk.llama's dynamic scaling")
+    _check_runtime(scaling)
+    return python_kwargs(with_context(to_llama(scaling), view), view.arch, file=view)
+
+
+def _check_runtime(scaling: RopeScaling) -> None:
+    if scaling.method == "llama3":
+        raise PyntkError("llama.cpp has no runtime setting for 'llama3': it takes Llama 3.1's bands from a "
+                         "rope_freqs tensor in the model, not from parameters")
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,7 +139,7 @@ class Session:
     def __init__(self, path, scaling: Optional[RopeScaling] = None, *, n_ctx: int = 512,
                  n_seq: int = 1, threads: Optional[int] = None) -> None:
         self.path = os.path.realpath(os.fspath(path))
-        self.info = read_rope(self.path)
+        self.info = read(self.path)
         kw = llama_kwargs(scaling, self.info) if scaling is not None else {}
         self.model = _load(self.path, kw.pop("kv_overrides", {}))
         lib = self.lib = self.model.lib
@@ -225,7 +219,8 @@ class Model:
         self.path = os.path.realpath(os.fspath(path))
         if not os.path.isfile(self.path):
             raise PyntkError(f"{path}: no such model file; give the path of a .gguf file")
-        self.info: RopeInfo = read_original_rope(self.path)
+        self.info: RopeView = read_original(self.path)  # the values scalings start from
+        self.current: RopeView = read(self.path)  # what the file makes llama.cpp run
         self.threads = threads or _cores()
         self.lib = _lib()
         self._plain = _load(self.path, {})
@@ -242,13 +237,14 @@ class Model:
     def training_context(self) -> int:
         return self.info.original_context
 
-    def tokenize(self, text: str) -> np.ndarray:
-        """The text's tokens (int32), without BOS; special-token text is read as plain text."""
+    def tokenize(self, text: str, *, special: bool = False) -> np.ndarray:
+        """The text's tokens (int32), without BOS; special-token text is read as plain text
+        unless ``special`` (then ``<|im_start|>`` is that token, as llama.cpp's server reads it)."""
         data = text.encode("utf-8")
         room = len(data) + 16  # enough for byte-level vocabularies; llama.cpp says if it is not
         for _ in range(2):
             buf = (self.lib.llama_token * room)()
-            n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, room, False, False)
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, room, False, special)
             if n >= 0:
                 return np.frombuffer(buf, dtype=np.int32, count=n).copy()
             room = -n  # the number of tokens needed
@@ -261,10 +257,11 @@ class Model:
 
     def runs_as(self, scaling: RopeScaling, length: int) -> tuple:
         """What llama.cpp is told for ``scaling`` at ``length`` tokens: equal keys, equal runs."""
+        _check_runtime(scaling)
         effective = static_equivalent(scaling, length)
         if acts_unscaled(effective, length):
             effective = RopeScaling(method="none", base=scaling.base, dims=scaling.dims)
-        kw = llama_kwargs(effective, self.info)
+        kw = llama_kwargs(effective, self.current)
         kw["kv_overrides"] = tuple(sorted(kw.get("kv_overrides", {}).items()))
         return tuple(sorted(kw.items()))
 
@@ -280,7 +277,7 @@ class Context:
 
     def __init__(self, model: Model, n_ctx: int, scaling: RopeScaling, *, n_batch: int,
                  flash_attn: bool) -> None:
-        kw = llama_kwargs(scaling, model.info)
+        kw = llama_kwargs(scaling, model.current)
         self.model = _load(model.path, kw.pop("kv_overrides", {}))
         self.lib = lib = model.lib
         self.scaling, self.n_ctx, self.n_vocab = scaling, n_ctx, self.model.n_vocab
@@ -379,63 +376,49 @@ def _target_logprobs(logits: np.ndarray, targets: np.ndarray, work: np.ndarray) 
     return logits[np.arange(rows), targets].astype(np.float64) - log_total
 
 
-class DynamicNTK:
-    """Dynamic NTK for llama-cpp-python users: every request runs with the base for its full length.
+class Cancelled(Exception):
+    """The caller gave up (its ``give_up`` event was set) while waiting for a context."""
 
-    llama.cpp has no Dynamic NTK, and a context's RoPE base is fixed when the context is created. So
-    :class:`DynamicNTK` loads the model once (weights memory-mapped, shared by every context) and
-    keeps a few llama.cpp contexts, one per length bucket. A request of L tokens (the prompt plus
-    every token it may generate) runs in its bucket's context, whose base is Dynamic NTK's for the
-    bucket's length B (Hugging Face's formula, pyntk.RopeScaling(method="dynamic")):
 
-        b' = b * (s * B / L0 - (s - 1)) ** (d / (d - 2))    if B > L0, else b
+@dataclass(frozen=True)
+class DynamicPolicy:
+    """Which static scaling a request of ``length`` tokens runs with when ``method`` is scaled
+    dynamically: the one fact :class:`Dynamic` serves and `pyntk ppl --method dynamic-METHOD`
+    measures.
 
-    Buckets: every request within the training context L0 shares one unscaled context of L0 tokens,
-    so it runs exactly like the unscaled model; longer requests are rounded up to a multiple of
-    ``bucket`` tokens (default 256, llama.cpp's own context padding), so their base is that of a
-    length less than ``bucket`` tokens above theirs. The base never changes within a request:
-    unlike Hugging Face's generate(), whose base grows while keys cached under the old base stay
-    rotated by it, every key and query of a request share one base.
-
-    model_path        a .gguf file
-    max_context       the longest request (prompt + generated tokens) to allow
-    factor            Dynamic NTK's s; default max_context / L0 (Hugging Face's convention)
-    original_context  L0, the training context; default read from the file
-    bucket            lengths beyond L0 are rounded up to a multiple of this many tokens
-    cached            how many contexts (each with its own KV cache) to keep
-    threads           CPU threads; default all available
-
-    >>> dyn = DynamicNTK("model.gguf", max_context=32768)
-    >>> dyn.generate("Summarise: " + long_text, max_tokens=200)
+    A request runs in a context of its length bucket B: the training context L0 when it fits
+    there, where RoPE runs unscaled (nothing changes for short requests); beyond, its length
+    rounded up to a multiple of ``bucket`` tokens, running ``method`` set up for B: yarn,
+    ntk-by-parts and linear with factor B/L0, ntk with the alpha `pyntk plan` gives for B, dynamic
+    with Hugging Face's Dynamic NTK base for B (whose own factor s stays max_context/L0 unless
+    ``factor`` is given).
     """
 
-    def __init__(self, model_path, max_context: Optional[int] = None, *,
-                 factor: Optional[float] = None, original_context: Optional[int] = None,
-                 bucket: int = CTX_PAD, cached: int = 2, threads: Optional[int] = None) -> None:
-        checked = [("bucket", bucket), ("cached", cached)]
-        if max_context is not None:
-            checked.append(("max_context", max_context))
-        for name, value in checked:
+    method: str
+    base: float
+    dims: int
+    training_context: int
+    max_context: int
+    bucket: int = CTX_PAD
+    factor: Optional[float] = None  # Dynamic NTK's s (method "dynamic" only)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        for name in ("training_context", "max_context", "bucket"):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        self.model = Model(model_path, threads=threads)
-        L0 = original_context or self.model.training_context
-        if max_context is None and factor is None:
-            raise PyntkError(f"give max_context (the longest prompt plus generation, e.g. {4 * L0}) "
-                             f"or factor (Dynamic NTK's s)")
-        if factor is None:
-            factor = max(1.0, max_context / L0)
-        if max_context is None:
-            max_context = int(factor * L0)
-        info = self.model.info
-        self.scaling = RopeScaling(method="dynamic", base=info.base, dims=info.dims,
-                                   factor=factor, original_context=L0)
-        self.max_context, self.bucket, self.cached = int(max_context), bucket, cached
-        self._contexts: "OrderedDict[int, Context]" = OrderedDict()
+        if self.factor is not None and self.method != "dynamic":
+            raise ValueError(f"factor applies to method 'dynamic' only; {self.method} takes its "
+                             f"factor from each request's length")
 
     @property
-    def training_context(self) -> int:
-        return self.scaling.original_context
+    def scaling(self) -> RopeScaling:
+        """``method`` set up for max_context: what the longest request runs with."""
+        params = {"factor": self.factor} if self.factor is not None else {}
+        return scaling_for(self.method, self.max_context, dims=self.dims, base=self.base,
+                           training_context=self.training_context, **params)
 
     def bucket_for(self, length: int) -> int:
         """The context length a request of ``length`` tokens runs in."""
@@ -449,86 +432,350 @@ class DynamicNTK:
         return -(-int(length) // self.bucket) * self.bucket
 
     def scaling_for(self, length: int) -> RopeScaling:
-        """The static scaling a request of ``length`` tokens runs with (none or ntk)."""
-        return static_equivalent(self.scaling, self.bucket_for(length))
+        """The static scaling a request of ``length`` tokens runs with."""
+        n = self.bucket_for(length)
+        if n <= self.training_context:
+            return RopeScaling(method="none", base=self.base, dims=self.dims)
+        if self.method == "dynamic":
+            return static_equivalent(self.scaling, n)
+        return scaling_for(self.method, n, dims=self.dims, base=self.base,
+                           training_context=self.training_context)
+
+    def describe(self) -> str:
+        L0 = self.training_context
+        how = {"ntk": "the alpha pyntk plan gives for B",
+               "dynamic": f"Hugging Face's Dynamic NTK base for B, factor {self.scaling.factor:g}",
+               "none": "unscaled"}.get(self.method, f"factor B/{L0}")
+        return (f"{self.method} set up for each request's length bucket B ({how}) beyond {L0} "
+                f"tokens, unscaled within")
+
+
+def check_runnable(model: Model, policy: DynamicPolicy) -> None:
+    """Refuse now a method llama.cpp cannot run (llama3 needs a rope_freqs tensor), whatever the
+    lengths asked for: it is tried at twice the training context, where every method acts."""
+    n = 2 * policy.training_context
+    model.runs_as(scaling_for(policy.method, n, dims=policy.dims, base=policy.base,
+                              training_context=policy.training_context), n)
+
+
+class Dynamic:
+    """Dynamic scaling of any method for llama-cpp-python: every request runs with the method set
+    up for its own length (see :class:`DynamicPolicy`), unscaled within the training context.
+
+    llama.cpp fixes a context's RoPE when the context is created, so :class:`Dynamic` loads the
+    model once (weights memory-mapped, one llama_model shared by every context) and keeps at most
+    ``cached`` contexts, each for one length bucket, the least recently used replaced first. The
+    KV cache a context takes is known before it is created (:meth:`kv_bytes`): at most ``cached``
+    times ``kv_bytes(max_context)``. The base never changes within a request: every key and query
+    of a request share one scaling (unlike Hugging Face's generate(), whose base grows while keys
+    cached under the old base stay rotated by it).
+
+    Thread-safe: :meth:`acquire` lends a context to one caller at a time; callers wait while all
+    ``cached`` contexts are lent out.
+
+    model_path        a .gguf file
+    method            the scaling applied beyond the training context (pyntk.scaling.METHODS)
+    max_context       the longest request (prompt + generated tokens) to allow
+    factor            Dynamic NTK's s (method "dynamic" only); default max_context / L0
+    original_context  L0, the training context; default read from the file
+    bucket            lengths beyond L0 are rounded up to a multiple of this many tokens
+    cached            how many contexts (each with its own KV cache) to keep
+    threads           CPU threads; default all available
+    flash_attn        llama.cpp's flash attention (less memory at long contexts)
+
+    >>> with Dynamic("model.gguf", "yarn", max_context=32768) as dyn:
+    ...     dyn.generate("Summarise: " + long_text, max_tokens=200)
+    """
+
+    def __init__(self, model_path, method: str = "yarn", max_context: Optional[int] = None, *,
+                 factor: Optional[float] = None, original_context: Optional[int] = None,
+                 bucket: int = CTX_PAD, cached: int = 2, threads: Optional[int] = None,
+                 flash_attn: bool = False) -> None:
+        if isinstance(cached, bool) or not isinstance(cached, int) or cached < 1:
+            raise ValueError(f"cached must be a whole number >= 1, got {cached!r}")
+        self.model = Model(model_path, threads=threads)
+        info = self.model.info
+        L0 = original_context or self.model.training_context
+        if max_context is None:
+            if factor is None:
+                raise PyntkError(f"give max_context (the longest prompt plus generation, e.g. {4 * L0})"
+                                 + (" or factor (Dynamic NTK's s)" if method == "dynamic" else ""))
+            max_context = int(factor * L0)
+        self.policy = DynamicPolicy(method, info.base, info.dims, L0, max_context, bucket, factor)
+        check_runnable(self.model, self.policy)
+        self.cached, self.flash_attn = cached, flash_attn
+        self._lock = threading.Condition()
+        self._kept: "OrderedDict[Context, int]" = OrderedDict()  # context -> bucket, LRU first
+        self._lent: set = set()
+        self._creating = 0  # contexts being created, outside the lock
+
+    @property
+    def method(self) -> str:
+        return self.policy.method
+
+    @property
+    def max_context(self) -> int:
+        return self.policy.max_context
+
+    @property
+    def training_context(self) -> int:
+        return self.policy.training_context
+
+    def bucket_for(self, length: int) -> int:
+        return self.policy.bucket_for(length)
+
+    def scaling_for(self, length: int) -> RopeScaling:
+        """The static scaling a request of ``length`` tokens runs with."""
+        return self.policy.scaling_for(length)
 
     def base_for(self, length: int) -> float:
+        """The rope base llama.cpp runs a request of ``length`` tokens with."""
         s = self.scaling_for(length)
         return s.ntk_base if s.method == "ntk" else s.base
 
-    def context_for(self, length: int) -> Context:
-        """The (emptied) context for a request of ``length`` tokens, created on first use."""
-        n = self.bucket_for(length)
-        ctx = self._contexts.pop(n, None)
-        if ctx is None:
-            while len(self._contexts) >= self.cached:
-                self._contexts.popitem(last=False)[1].close()
-            ctx = self.model.context(n, self.scaling)
-        else:
-            ctx.clear()
-        self._contexts[n] = ctx
-        return ctx
+    def kv_bytes(self, length: int) -> int:
+        """Bytes of KV cache the context for a request of ``length`` tokens allocates.
 
-    def tokenize(self, text: str) -> List[int]:
-        """Tokens of a prompt, with BOS first when the model wants one."""
+        llama.cpp (src/llama-kv-cache.cpp) gives every layer a K and a V tensor of
+        n_embd_k_gqa (resp. n_embd_v_gqa) x cells elements of the cache type (float16 unless told
+        otherwise), cells = n_ctx padded to 256. Sliding-window layers too: contexts keep
+        llama.cpp's default swa_full, a full-size cache for them (llama-kv-cache-iswa.cpp).
+        """
+        lib, ptr = self.model.lib, self.model._plain.ptr
+        cells = -(-self.bucket_for(length) // CTX_PAD) * CTX_PAD
+        head = lib.llama_model_n_embd(ptr) // lib.llama_model_n_head(ptr)
+        arch = self.model.info.arch
+        k = _meta_int(self.model, f"{arch}.attention.key_length", head)
+        v = _meta_int(self.model, f"{arch}.attention.value_length", head)
+        per_cell = lib.llama_model_n_layer(ptr) * lib.llama_model_n_head_kv(ptr) * (k + v)
+        return per_cell * cells * _F16_BYTES
+
+    @contextmanager
+    def acquire(self, length: int, *, give_up: Optional[threading.Event] = None) -> Iterator[Context]:
+        """Lend the (emptied) context for a request of ``length`` tokens, created on first use;
+        wait while every context is lent out. Raises :class:`Cancelled` when ``give_up`` is set
+        during the wait."""
+        n = self.bucket_for(length)
+        ctx = None
+        with self._lock:
+            while True:
+                idle = [c for c in self._kept if c not in self._lent]
+                ctx = next((c for c in reversed(idle) if self._kept[c] == n), None)
+                if ctx is not None:
+                    self._kept.move_to_end(ctx)
+                    self._lent.add(ctx)
+                    break
+                if len(self._kept) + self._creating >= self.cached and idle:
+                    self._kept.pop(idle[0])
+                    idle[0].close()
+                if len(self._kept) + self._creating < self.cached:
+                    self._creating += 1  # its place is taken; created outside the lock
+                    break
+                if give_up is not None and give_up.is_set():
+                    raise Cancelled()
+                self._lock.wait(0.05)
+        if ctx is None:
+            try:
+                ctx = self.model.context(n, self.scaling_for(n), flash_attn=self.flash_attn)
+            finally:
+                with self._lock:
+                    self._creating -= 1
+                    if ctx is not None:
+                        self._kept[ctx] = n
+                        self._lent.add(ctx)
+                    self._lock.notify_all()
+        try:
+            ctx.clear()
+            yield ctx
+        finally:
+            with self._lock:
+                self._lent.discard(ctx)
+                self._lock.notify_all()
+
+    def context_for(self, length: int) -> Context:
+        """The (emptied) context for a request of ``length`` tokens, for single-threaded use."""
+        with self.acquire(length) as ctx:
+            return ctx
+
+    def kept(self) -> List[Tuple[int, bool]]:
+        """(bucket, lent out) of every context kept, least recently used first."""
+        with self._lock:
+            return [(n, c in self._lent) for c, n in self._kept.items()]
+
+    def tokenize(self, text: str, *, special: bool = False) -> List[int]:
+        """Tokens of a prompt, with BOS first when the model wants one (once: text that starts
+        with it keeps its own). ``special``: text such as ``<|im_start|>`` becomes that token."""
+        ids = self.model.tokenize(text, special=special).tolist()
         bos = self.model.bos()
-        return ([bos] if bos is not None else []) + self.model.tokenize(text).tolist()
+        return ids if bos is None or ids[:1] == [bos] else [bos] + ids
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens: none)."""
+        lib, vocab = self.model.lib, self.model.vocab
+        buf = (ctypes.c_char * 256)()
+        n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
+        if n < 0:  # the piece needs -n bytes
+            buf = (ctypes.c_char * -n)()
+            n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
+        return bytes(buf[:max(n, 0)])
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        # a character may span tokens: decode the bytes together
+        return b"".join(map(self.piece, tokens)).decode("utf-8", errors="replace")
+
+    @functools.cached_property
+    def _chat_formatter(self):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = _meta(self.model, "tokenizer.chat_template")
+        if template is None:
+            raise PyntkError(f"{self.model.path}: has no chat template (tokenizer.chat_template); "
+                             f"send your own prompt format as a completion")
+        lib, vocab = self.model.lib, self.model.vocab
+        text = lambda token: _special_text(lib, vocab, token)  # noqa: E731
+        return Jinja2ChatFormatter(template, eos_token=text(lib.llama_vocab_eos(vocab)),
+                                   bos_token=text(lib.llama_vocab_bos(vocab)))
+
+    def chat_prompt(self, messages: Sequence[dict]) -> str:
+        """The model's chat template (the GGUF's tokenizer.chat_template, rendered by
+        llama-cpp-python's Jinja2ChatFormatter) applied to ``messages``, ending where the
+        assistant's answer begins. A template's own refusal is a ValueError."""
+        return self._chat_formatter(messages=list(messages)).prompt
+
+    def tokens(self, ctx: Context, prompt: Sequence[int], max_tokens: int, *,
+               temperature: float = 0.0, top_p: float = 1.0, seed: Optional[int] = None,
+               stop: Optional[Callable[[], bool]] = None) -> Iterator[int]:
+        """Generate after ``prompt`` in ``ctx`` (from :meth:`acquire`): yield each new token, at
+        most ``max_tokens``, stopping before an end-of-generation token, or as soon as ``stop()``
+        is true (asked between batches of the prompt and before each token). Sampling is
+        llama.cpp's own sampler chain (top-p, temperature, seeded draw; greedy at temperature 0)."""
+        prompt = np.asarray(prompt, dtype=np.int32)
+        if prompt.size == 0:
+            raise ValueError("the prompt is empty")
+        end = prompt.size + max_tokens
+        if end > ctx.n_ctx:
+            raise PyntkError(f"{prompt.size} prompt tokens plus {max_tokens} to generate do not fit "
+                             f"the context of {ctx.n_ctx}; acquire it for {end} tokens")
+        stop = stop or (lambda: False)
+        lib, vocab = self.model.lib, self.model.vocab
+        sampler = _sampler(lib, temperature, top_p, seed)
+        try:
+            for lo in range(0, prompt.size, ctx.n_batch):
+                if stop():
+                    return
+                batch = prompt[lo:lo + ctx.n_batch]
+                outputs = np.zeros(batch.size, dtype=np.int8)
+                outputs[-1] = lo + batch.size == prompt.size  # logits of the prompt's last token
+                for _ in ctx.decode(batch, outputs, lo):
+                    pass
+            one = np.ones(1, dtype=np.int8)
+            for pos in range(prompt.size, end):
+                if stop():
+                    return
+                token = lib.llama_sampler_sample(sampler, ctx.ctx, -1)
+                if lib.llama_vocab_is_eog(vocab, token):
+                    return
+                yield token
+                if pos + 1 < end:
+                    for _ in ctx.decode(np.array([token], dtype=np.int32), one, pos):
+                        pass
+        finally:
+            lib.llama_sampler_free(sampler)
 
     def logits(self, tokens: Sequence[int], max_new_tokens: int = 0) -> np.ndarray:
         """Logits (len(tokens), n_vocab) of a request whose full length is len + max_new_tokens."""
         tokens = list(tokens)
         if not tokens:
             raise ValueError("give at least one token")
-        return self.context_for(len(tokens) + max_new_tokens).logits(tokens)
+        with self.acquire(len(tokens) + max_new_tokens) as ctx:
+            return ctx.logits(tokens)
 
     def generate(self, prompt: Union[str, Sequence[int]], max_tokens: int = 128, *,
-                 temperature: float = 0.0, seed: Optional[int] = None) -> str:
+                 temperature: float = 0.0, top_p: float = 1.0, seed: Optional[int] = None) -> str:
         """Continue ``prompt`` by up to ``max_tokens`` tokens (greedy when temperature is 0)."""
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise ValueError("the prompt is empty")
-        ctx = self.context_for(len(tokens) + max_tokens)
-        rng = np.random.default_rng(seed)
-        outputs = np.zeros(len(tokens), dtype=np.int8)
-        outputs[-1] = 1
-        logits = next(ctx.decode(np.asarray(tokens, dtype=np.int32), outputs))[1][0].copy()
-        new: List[int] = []
-        for pos in range(len(tokens), len(tokens) + max_tokens):
-            token = _pick(logits, temperature, rng)
-            if self.model.lib.llama_vocab_is_eog(self.model.vocab, token):
-                break
-            new.append(token)
-            if len(new) < max_tokens:
-                logits = next(ctx.decode(np.array([token], dtype=np.int32), np.ones(1, np.int8), pos))[1][0].copy()
+        with self.acquire(len(tokens) + max_tokens) as ctx:
+            new = list(self.tokens(ctx, tokens, max_tokens, temperature=temperature, top_p=top_p,
+                                   seed=seed))
         return self.detokenize(new)
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        lib, vocab = self.model.lib, self.model.vocab
-        buf = (ctypes.c_char * 256)()
-        pieces = []
-        for token in tokens:
-            n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
-            if n < 0:  # the piece needs -n bytes
-                buf = (ctypes.c_char * -n)()
-                n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
-            pieces.append(bytes(buf[:max(n, 0)]))
-        # a character may span tokens: decode the bytes together
-        return b"".join(pieces).decode("utf-8", errors="replace")
-
     def close(self) -> None:
-        while self._contexts:
-            self._contexts.popitem()[1].close()
+        with self._lock:
+            while self._kept:
+                self._kept.popitem()[0].close()
 
-    def __enter__(self) -> "DynamicNTK":
+    def __enter__(self) -> "Dynamic":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def _pick(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+class DynamicNTK(Dynamic):
+    """Dynamic NTK for llama-cpp-python users: :class:`Dynamic` with method "dynamic". A request of
+    L tokens runs in its bucket B with Hugging Face's base (pyntk.RopeScaling(method="dynamic"))
+
+        b' = b * (s * B / L0 - (s - 1)) ** (d / (d - 2))    if B > L0, else b
+
+    ``scaling`` is that Dynamic NTK scaling (factor s, default max_context / L0).
+
+    >>> dyn = DynamicNTK("model.gguf", max_context=32768)
+    >>> dyn.generate("Summarise: " + long_text, max_tokens=200)
+    """
+
+    def __init__(self, model_path, max_context: Optional[int] = None, *,
+                 factor: Optional[float] = None, original_context: Optional[int] = None,
+                 bucket: int = CTX_PAD, cached: int = 2, threads: Optional[int] = None) -> None:
+        super().__init__(model_path, "dynamic", max_context, factor=factor,
+                         original_context=original_context, bucket=bucket, cached=cached,
+                         threads=threads)
+
+    @property
+    def scaling(self) -> RopeScaling:
+        return self.policy.scaling
+
+
+_F16_BYTES = 2  # llama.cpp's default KV cache type, which Context keeps
+
+
+def _meta(model: Model, key: str) -> Optional[str]:
+    """A GGUF metadata value as llama.cpp read it (as text), or None when the file lacks it."""
+    lib, ptr = model.lib, model._plain.ptr
+    size = 256
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        n = lib.llama_model_meta_val_str(ptr, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.value.decode("utf-8", errors="replace")
+        size = n + 1
+    return None
+
+
+def _meta_int(model: Model, key: str, default: int) -> int:
+    text = _meta(model, key)
+    return default if text is None else int(text)
+
+
+def _special_text(lib, vocab, token: int) -> str:
+    """A token's text with special tokens spelled out (``<|im_end|>``), as chat templates use them."""
+    buf = (ctypes.c_char * 256)()
+    n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, True)
+    return bytes(buf[:max(n, 0)]).decode("utf-8", errors="replace")
+
+
+def _sampler(lib, temperature: float, top_p: float, seed: Optional[int]):
+    """llama.cpp's sampler chain in its own order (top-p, temperature, draw), or greedy."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     if temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    p = np.exp(z - z.max())
-    return int(rng.choice(p.size, p=p / p.sum()))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    if top_p < 1:
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
+    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
+        lib.LLAMA_DEFAULT_SEED if seed is None else seed % lib.LLAMA_DEFAULT_SEED))
+    return chain

@@ -15,7 +15,9 @@ Memory: llama.cpp is asked for logits only on the rows that are scored, one batc
 log-probability; nothing of size n_ctx x n_vocab is ever held, by llama.cpp or by us.
 
 Dynamic NTK runs each window with the base its formula gives for the window's full length, as
-Hugging Face does when a whole sequence goes through the model in one forward pass.
+Hugging Face does when a whole sequence goes through the model in one forward pass. A candidate
+with a :class:`~pyntk.llama.DynamicPolicy` (`pyntk ppl --method dynamic-yarn`) runs each window
+as a request of its length: in its bucket's context, with the method set up for that bucket.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import PyntkError
-from .llama import Model
+from .llama import DynamicPolicy, Model
 from .scaling import RopeScaling
 
 SCORES = ("half", "all")
@@ -36,10 +38,18 @@ SCORES = ("half", "all")
 
 @dataclass(frozen=True)
 class Candidate:
-    """A labelled scaling to measure, e.g. ("ntk", RopeScaling(method="ntk", alpha=2.9, ...))."""
+    """A labelled scaling to measure, e.g. ("ntk", RopeScaling(method="ntk", alpha=2.9, ...)).
+
+    With a ``policy`` the scaling depends on the length: ``scaling`` is the one at the target.
+    """
 
     label: str
     scaling: RopeScaling
+    policy: Optional[DynamicPolicy] = None
+
+    def at(self, length: int) -> RopeScaling:
+        """What a window of ``length`` tokens runs with."""
+        return self.policy.scaling_for(length) if self.policy else self.scaling
 
 
 @dataclass(frozen=True)
@@ -52,11 +62,16 @@ class Result:
     tokens: int  # scored tokens
     windows: int
     seconds: float
+    dynamic: Optional[str] = None  # the policy, when the scaling (then the one at ctx) varies by length
+
+    def parameters(self) -> str:
+        return self.dynamic or self.scaling.describe()
 
     def to_dict(self) -> dict:
         return {"label": self.label, "method": self.scaling.method, "summary": self.scaling.describe(),
-                "scaling": self.scaling.to_dict(), "ctx": self.ctx, "ppl": self.ppl, "nll": self.nll,
-                "tokens_scored": self.tokens, "windows": self.windows, "seconds": self.seconds}
+                "dynamic": self.dynamic, "scaling": self.scaling.to_dict(), "ctx": self.ctx,
+                "ppl": self.ppl, "nll": self.nll, "tokens_scored": self.tokens, "windows": self.windows,
+                "seconds": self.seconds}
 
 
 def first_scored(length: int, score: str) -> int:
@@ -99,15 +114,18 @@ def evaluate(model: Model, tokens: np.ndarray, lengths: Sequence[int],
     for n in lengths:
         first = first_scored(n, score)
         for cand in candidates:
-            key = (n, model.runs_as(cand.scaling, n))
+            scaling = cand.at(n)
+            dynamic = cand.policy.describe() if cand.policy else None
+            key = (n, model.runs_as(scaling, n))
             if key in done:
-                results.append(replace(done[key], label=cand.label, scaling=cand.scaling, seconds=0.0))
+                results.append(replace(done[key], label=cand.label, scaling=scaling, seconds=0.0,
+                                       dynamic=dynamic))
                 if progress:
                     progress(n * windows[n])
                 continue
             t0 = time.perf_counter()
             total, count = 0.0, 0
-            with model.context(n, cand.scaling, flash_attn=flash_attn) as ctx:
+            with model.context(n, scaling, flash_attn=flash_attn) as ctx:
                 for w in range(windows[n]):
                     window = tokens[w * n:(w + 1) * n].copy()
                     if bos is not None:
@@ -119,8 +137,8 @@ def evaluate(model: Model, tokens: np.ndarray, lengths: Sequence[int],
                     if progress:
                         progress(n)
             nll = total / count
-            result = Result(cand.label, cand.scaling, n, math.exp(nll), nll, count, windows[n],
-                            time.perf_counter() - t0)
+            result = Result(cand.label, scaling, n, math.exp(nll), nll, count, windows[n],
+                            time.perf_counter() - t0, dynamic)
             done[key] = result
             results.append(result)
     return results
@@ -141,7 +159,7 @@ def format_table(results: Sequence[Result]) -> str:
         if r.label not in labels:
             labels.append(r.label)
     cell = {(r.label, r.ctx): r for r in results}
-    summary = {r.label: r.scaling.describe() for r in results}
+    summary = {r.label: r.parameters() for r in results}
     lw = max(len("method"), *map(len, labels))
     sw = max(len("parameters"), *map(len, summary.values()))
     lines = [f"{'method':<{lw}}  {'parameters':<{sw}}" + "".join(f"  {n:>9}" for n in lengths)]

@@ -1,13 +1,21 @@
-"""How long a context a scaling supports, and which method and parameters reach a target context.
+"""Which method and parameters pyntk recommends for a target context: the best measured, guarded
+by the criterion of how long a context a scaling keeps in distribution (docs/PLAN.md).
 
-Criterion (Liu et al. 2023, "Scaling Laws of RoPE-based Extrapolation", arXiv:2310.05209; see
-docs/PLAN.md): the pairs that turn at least once within the training context L0 were trained on
-every angle; there are d_extra/2 of them, d_extra = 2*ceil((d/2) * log_b(L0 / 2pi)) (the
-"critical dimension"). Every other pair saw only an arc, so a scaling stays in distribution at
-T tokens while each such pair turns no further over T than it did over L0. The first of them,
-pair d_extra/2, binds: static NTK with base b' supports T = L0 * (b'/b)^(d_extra/d).
-Methods that interpolate (linear, ntk-by-parts, yarn, llama3) are designed for factor * L0;
-Dynamic NTK rescales itself per length and is given the same factor * L0.
+Criterion (Liu et al. 2023, "Scaling Laws of RoPE-based Extrapolation", arXiv:2310.05209): the
+pairs that turn at least once within the training context L0 were trained on every angle; there
+are d_extra/2 of them, d_extra = 2*ceil((d/2) * log_b(L0 / 2pi)) (the "critical dimension").
+Every other pair saw only an arc, so a scaling stays in distribution at T tokens while each such
+pair turns no further over T than it did over L0. The first of them, pair d_extra/2, binds: static
+NTK with base b' supports T = L0 * (b'/b)^(d_extra/d). Methods that interpolate (linear,
+ntk-by-parts, yarn, llama3) are designed for factor * L0; Dynamic NTK rescales itself per length
+and is given the same factor * L0.
+
+Rule: among the methods the runtime can apply, the one whose setup for the target measured best at
+the target across every measurement in pyntk/evidence.json (the smallest worst-case excess over the
+best setup measured), provided the criterion keeps all of its pairs in distribution at the target.
+
+Frequencies come from pyntk.reference (numpy float64), not the compiled core: gguf-set, info and
+args use this module and run without the core.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import evidence
 from .errors import PyntkError
-from .rope import inv_freq
+from .reference import inv_freq
 from .scaling import METHODS, RopeScaling
 from .spectrum import TOL, full_interpolation, pair_table
 
@@ -52,7 +61,7 @@ def alpha_for_context(target: int, dims: int, base: float, training_context: int
     return base_gain ** ((dims - 2) / dims)
 
 
-# --- choosing a method for a target context ------------------------------------------------------
+# --- every method set up for a target context ----------------------------------------------------
 
 # The methods `pyntk plan` and `pyntk ppl` compare by default, in the order they are shown.
 COMPARED = ("none", "linear", "ntk", "dynamic", "yarn")
@@ -139,14 +148,103 @@ def option(scaling: RopeScaling, training_context: int, target: int) -> Option:
                   acts_unscaled(scaling, training_context))
 
 
+# --- the recommendation --------------------------------------------------------------------------
+
+# Where a scaling will run. "file": llama.cpp from the GGUF file alone, so what gguf-set writes;
+# "freq_base": a runtime that reads only rope.freq_base (static NTK is nothing but a new base);
+# "pyntk": llama.cpp driven by pyntk.llama, which adds dynamic scaling (pyntk.llama.Dynamic).
+RUNTIMES = ("file", "freq_base", "pyntk")
+
+# Setups measured beside the methods: label -> the method it runs at the target (set up by
+# scaling_for), served per request length through pyntk.llama.Dynamic.
+DYNAMIC = {"dynamic-yarn": "yarn"}
+
+# When to prefer a setup that did not come first.
+WHEN = {
+    "ntk": "for a runtime that reads only rope.freq_base: static NTK is nothing but a new base",
+    "yarn": "for a runtime that applies rope.scaling.type yarn from the file (llama.cpp and the "
+            "runtimes built on it)",
+    "ntk-by-parts": "for a runtime that applies yarn, when YaRN's attention temperature does not "
+                    "suit the model (measure with --measure)",
+    "dynamic": "when serving through pyntk.llama.Dynamic(model, 'dynamic'): inputs within the "
+               "training context run unscaled",
+    "dynamic-yarn": "when serving through pyntk (pyntk serve, pyntk.llama.Dynamic(model, 'yarn')): "
+                    "YaRN set up for each request's length, so inputs within the training context "
+                    "run unscaled",
+    "linear": "for a model fine-tuned with Position Interpolation at this factor",
+}
+
+# Differences in worst excess at the target smaller than this are ties, settled by the cost
+# inside the training context: the same setup measured on two machines differed by 0.4%
+# (docs/BENCH_PPL.md).
+TIE = 0.005
+
+
+def runtime_setups(runtime: str) -> Tuple[str, ...]:
+    """The setups (method names, and the DYNAMIC labels) a runtime can run."""
+    from .target import FILE_METHODS  # imported here: target imports this module
+
+    setups = {"file": tuple(FILE_METHODS), "freq_base": ("none", "ntk"),
+              "pyntk": (*FILE_METHODS, "dynamic", *DYNAMIC)}
+    if runtime not in setups:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    return setups[runtime]
+
+
+def setup_for(label: str, target: int, *, dims: int, base: float, training_context: int) -> RopeScaling:
+    """The scaling a setup runs at ``target`` tokens when set up for them."""
+    return scaling_for(DYNAMIC.get(label, label), target, dims=dims, base=base,
+                       training_context=training_context)
+
+
+def ranking(labels) -> List[Tuple[str, float, float]]:
+    """(label, worst excess at the target, worst cost inside the training context) of the setups
+    every measurement covers, best first: the smallest worst excess at the target, ties (within
+    TIE) going to the smaller cost inside the training context."""
+    scores = evidence.worst(labels)
+    out = []
+    while scores:
+        floor = min(excess for excess, _ in scores.values())
+        pick = min((label for label, (excess, _) in scores.items() if excess <= floor + TIE),
+                   key=lambda label: (scores[label][1], scores[label][0]))
+        out.append((pick, *scores.pop(pick)))
+    return out
+
+
+class RunnerUp(NamedTuple):
+    scaling: RopeScaling
+    when: str  # when to prefer it to the recommendation
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A setup chosen for a target: its label (a method, or a DYNAMIC label) and what the
+    criterion says of the scaling it runs at the target."""
+
+    label: str
+    option: Option
+
+    @property
+    def scaling(self) -> RopeScaling:
+        return self.option.scaling
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, **self.option.to_dict(), "when": WHEN.get(self.label, "")}
+
+
 @dataclass(frozen=True)
 class Recommendation:
     target: int
     training_context: int
     critical_dims: int
-    choice: Option
+    runtime: str
+    choice: Pick
+    runner_up: Optional[Pick]  # the next setup the runtime runs
+    elsewhere: Tuple[Tuple[str, Pick], ...]  # (runtime, its first choice) where that differs
+    reason: str  # one line, with the numbers it rests on
     options: Tuple[Option, ...]  # every method of COMPARED, set up for the target
-    reason: str
+    ranked: Tuple[Tuple[str, float, float], ...]  # ranking() of the runtime's setups
+    nearest: Optional[evidence.Measurement]  # the measurement the reason quotes
 
     @property
     def scaling(self) -> RopeScaling:
@@ -154,56 +252,106 @@ class Recommendation:
 
     def to_dict(self) -> dict:
         return {"target": self.target, "training_context": self.training_context,
-                "critical_dims": self.critical_dims, "recommended": self.choice.to_dict(),
-                "reason": self.reason, "options": [o.to_dict() for o in self.options]}
+                "critical_dims": self.critical_dims, "runtime": self.runtime,
+                "recommended": self.choice.to_dict(), "reason": self.reason,
+                "runner_up": self.runner_up.to_dict() if self.runner_up else None,
+                "elsewhere": {runtime: pick.to_dict() for runtime, pick in self.elsewhere},
+                "ranking": [{"label": label, "worst_excess_at_target": excess,
+                             "worst_cost_inside_training_context": cost}
+                            for label, excess, cost in self.ranked],
+                "evidence": evidence_rows(self.nearest) if self.nearest else None,
+                "options": [o.to_dict() for o in self.options]}
 
 
-def recommend(target: int, *, dims: int, base: float, training_context: int) -> Recommendation:
-    """The method and parameters pyntk recommends for ``target`` tokens (gguf-set --ctx writes the
-    same alpha, from alpha_for_context).
+def evidence_rows(m: evidence.Measurement) -> dict:
+    """One measurement as `pyntk plan` quotes it."""
+    return {"model": m.model, "text": m.text, "target": m.target, "training_context": m.training_context,
+            "source": m.source, "training_source": m.training_source,
+            "setups": [{"label": s.label, "summary": s.scaling.describe(), "ppl": s.ppl,
+                        "excess_at_target": m.excess(s), "ppl_training": s.ppl_training,
+                        "cost_inside_training_context": m.cost(s)} for s in m.setups]}
 
-    Within the training context nothing is needed. Beyond it: static NTK with the smallest alpha
-    whose every pair stays in distribution at the target (the critical-dimension criterion).
-    It needs no fine-tuning, keeps the high-frequency pairs that resolve neighbouring tokens
-    exactly as trained, and is only a new base, so llama.cpp and every runtime can apply it from
-    the file. Interpolating methods also stay in distribution but compress the high frequencies
-    (linear) or were designed for fine-tuned models (yarn); Dynamic NTK needs a runtime that
-    recomputes the base per sequence (pyntk.llama.DynamicNTK for llama-cpp-python).
-    """
+
+def _check_target(target) -> None:
     if isinstance(target, bool) or int(target) != target or target < 1:
         raise ValueError(f"target context must be a positive whole number of tokens, got {target!r}")
+
+
+def _picks(runtime: str, target: int, common: dict) -> Tuple[List[Pick], list]:
+    """The runtime's setups in ranking() order that keep every pair in distribution at the target."""
+    ranked = ranking(runtime_setups(runtime))
+    picks = [Pick(label, option(setup_for(label, target, **common), common["training_context"], target))
+             for label, _, _ in ranked]
+    return [p for p in picks if p.option.pairs_out_of_distribution == 0], ranked
+
+
+def recommend(target: int, *, dims: int, base: float, training_context: int,
+              runtime: str = "file") -> Recommendation:
+    """The setup pyntk recommends for ``target`` tokens on ``runtime``.
+
+    Within the training context nothing is needed. Beyond it: the first of the runtime's setups
+    in ranking() order (from every measurement in pyntk/evidence.json) that the criterion keeps in
+    distribution at the target, set up for the target as it was measured; the next is the
+    runner-up, and each other runtime's first choice, where it differs, is listed too.
+    """
+    _check_target(target)
     L0 = training_context
     common = dict(dims=dims, base=base, training_context=L0)
     options = tuple(option(scaling_for(m, target, **common), L0, target) for m in COMPARED)
-    by_method = {o.scaling.method: o for o in options}
     d_extra = critical_dims(dims, base, L0)
+    picks, ranked = _picks(runtime, target, common)
     if target <= L0:
-        choice = by_method["none"]
+        choice = Pick("none", options[COMPARED.index("none")])
         reason = f"{target} tokens fit the training context ({L0}); no scaling is needed"
-    else:
-        choice = by_method["ntk"]
-        reason = (f"the first {d_extra // 2} of {dims // 2} pairs turn fully within {L0} tokens; "
-                  f"alpha {choice.scaling.alpha:.4g} slows pair {d_extra // 2} (the critical "
-                  f"dimension, Liu et al. 2023) so that over {target} tokens it turns no further "
-                  f"than it did in training, and leaves the fast pairs almost as trained")
-    return Recommendation(target, L0, d_extra, choice, options, reason)
+        return Recommendation(target, L0, d_extra, runtime, choice, None, (), reason, options,
+                              tuple(ranked), None)
+    if not picks:
+        raise PyntkError(f"no setup the {runtime!r} runtime runs is both measured (pyntk/evidence.json) "
+                         f"and in distribution at {target} tokens; measure on your own text with "
+                         f"`pyntk plan MODEL --ctx {target} --measure --text FILE`")
+    choice, runner = picks[0], (picks[1] if len(picks) > 1 else None)
+    elsewhere = []
+    for other in RUNTIMES:
+        first = _picks(other, target, common)[0][:1] if other != runtime else []
+        if first and first[0].label not in (choice.label, runner.label if runner else None):
+            elsewhere.append((other, first[0]))
+    m = evidence.nearest(target, dims, base, L0)
+    reason = _reason(choice, runner, m, dict((k, v) for k, v, _ in ranked), target)
+    return Recommendation(target, L0, d_extra, runtime, choice, runner, tuple(elsewhere), reason,
+                          options, tuple(ranked), m)
 
 
-def measure_candidates(rec: Recommendation) -> List[Tuple[str, RopeScaling]]:
-    """What `pyntk plan --measure` compares: the recommendation, NTK with a third less and half
-    again as much alpha (does the criterion's alpha sit at the optimum?), and the interpolating
-    methods llama.cpp can also apply from the file (linear, yarn)."""
-    choice = rec.scaling
-    if choice.method != "ntk":
-        return [(f"{choice.method} (recommended)", choice)]
-    by_method = {o.scaling.method: o.scaling for o in rec.options}
-    return [
-        ("ntk (recommended)", choice),
-        ("ntk, alpha x2/3", choice.replace(alpha=max(1.0, choice.alpha * 2 / 3))),
-        ("ntk, alpha x3/2", choice.replace(alpha=choice.alpha * 3 / 2)),
-        ("linear", by_method["linear"]),
-        ("yarn", by_method["yarn"]),
-    ]
+def _reason(choice: Pick, runner: Optional[Pick], m: evidence.Measurement, worst: dict,
+            target: int) -> str:
+    name = choice.label
+    n = len(evidence.measurements())
+    standing = ("measured best at the target" if worst[name] <= TIE else
+                f"measured within {worst[name]:.1%} of the best at the target")
+    mine = m.setup(name)
+    # the comparison that says most: against the best when the choice was not, else the runner-up
+    best = min((s for s in m.setups if s.label != name), key=lambda s: s.ppl)
+    other = best if best.ppl < mine.ppl else (m.setup(runner.label) if runner else None)
+    quote = f"{name} {mine.ppl:.2f}"
+    cost = f"{name} {m.cost(mine):+.1%}"
+    if other is not None:
+        if other is best and best.ppl < mine.ppl:
+            quote += f" ({m.excess(mine):+.1%} against the best, {other.label} {other.ppl:.2f})"
+        else:
+            quote += f", {other.label} {other.ppl:.2f} ({other.ppl / mine.ppl - 1:+.1%})"
+        cost += f", {other.label} {m.cost(other):+.1%}"
+    return (f"{name} {standing} in {'all ' if n > 1 else ''}{n} measurement{'s' if n > 1 else ''} "
+            f"pyntk has, and keeps every pair in distribution at {target}; nearest: {m.model} on "
+            f"{m.text} at {m.target} tokens ({m.factor:g}x): {quote}; inside the training context "
+            f"({m.training_context}): {cost}")
+
+
+def recommended_scaling(dims: int, base: float, training_context: int, target: int, *,
+                        runtime: str = "file") -> Tuple[RopeScaling, str, Optional[RunnerUp]]:
+    """What `gguf-set --ctx` writes and `pyntk plan` prints: (scaling, the one-line reason,
+    the runner-up with when to prefer it, or None)."""
+    rec = recommend(target, dims=dims, base=base, training_context=training_context, runtime=runtime)
+    runner = RunnerUp(rec.runner_up.scaling, WHEN[rec.runner_up.label]) if rec.runner_up else None
+    return rec.scaling, rec.reason, runner
 
 
 def plot_spectrum(rec: Recommendation, path, *, title: str = "") -> None:
@@ -230,7 +378,7 @@ def plot_spectrum(rec: Recommendation, path, *, title: str = "") -> None:
         ax.axhline(rec.target, color="C1", linestyle=":", linewidth=1.2, label="target context")
         ax.axvline(rec.critical_dims // 2, color="black", linewidth=0.5, alpha=0.4)
         ax.set_yscale("log")
-        mark = " (recommended)" if opt is rec.choice else ""
+        mark = " (recommended)" if opt.scaling == rec.scaling else ""
         # "ntk alpha=8.57 (base ...)" -> "ntk alpha=8.57"; L0 is in the figure's title
         short = re.sub(r" original_context=\d+| \(.*\)", "", opt.scaling.describe())
         ax.set_title(short + mark, fontsize=9)

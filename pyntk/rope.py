@@ -88,7 +88,10 @@ def rotate(x: np.ndarray, positions, scaling: RopeScaling, mode: str = "neox",
     n_rot      rotary dimensions, default ``scaling.dims``; another value uses the
                frequencies of ``scaling.replace(dims=n_rot)``. Dimensions past n_rot are
                left as they are (copied into ``out``)
-    out        array shaped and typed like ``x`` and not overlapping it; None: in place
+    out        array shaped and typed like ``x``, not overlapping it; None: in place. The
+               array written (``out``, or ``x`` in place) must not have two elements
+               sharing memory, as a zero stride makes; an ``x`` only read may
+               (``np.broadcast_to``)
     threads    worker threads; None picks by the cores and the size of the job
     seq_len    current sequence length for Dynamic NTK; default max(positions) + 1
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .rope import inv_freq
+from .reference import inv_freq
 from .scaling import RopeScaling
 
 TOL = 1e-9  # relative slack for float rounding when comparing turns and ratios

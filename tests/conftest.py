@@ -15,7 +15,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 
 def pytest_report_header(config):
-    return f"PYNTK_TEST_SEED={seed()}"
+    # every kernel listed here runs each `kernel`-parametrised test; the rest of this CPU's are absent
+    return [f"PYNTK_TEST_SEED={seed()}",
+            f"pyntk rotation kernels run by the tests: {', '.join(rope.kernels())} (default {rope.kernel()})"]
 
 
 def seed() -> int:
@@ -41,3 +43,24 @@ def model_path() -> Path:
     if not path.exists():
         pytest.fail(f"test model {path} missing: run `python tools/fetch_model.py` (tools/setup.sh does)")
     return path
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M model (read-only: copy it before editing)."""
+    path = Path(os.environ.get("PYNTK_TEST_GEMMA", ROOT / ".cache" / "gemma-3-270m-q4_k_m.gguf"))
+    if not path.exists():
+        pytest.fail(f"test model {path} missing: run `python tools/fetch_model.py --model gemma3` "
+                    "(tools/setup.sh --test does)")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    # A test that needs a real model says so by its marker, however deep the fixture that loads
+    # it: `-m "not model and not gemma"` then runs exactly the tests that need no model file.
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "model_path" in names:
+            item.add_marker(pytest.mark.model)
+        if "gemma_path" in names:
+            item.add_marker(pytest.mark.gemma)

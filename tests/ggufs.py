@@ -285,23 +285,25 @@ def write_model(path: Union[str, Path], arch: str = "llama", *, vocab_size: int 
 def kv_of(path: Union[str, Path]) -> Dict[str, Any]:
     """Every key/value of a GGUF file in file order, typed as ``write_gguf`` takes them.
 
-    Written again with the same tensor infos' start, the key/values are byte for byte the same, so
-    a pyntk record (and its layout hint) carries over to a file with other tensors.
+    Read with gguf-py's reader, not pyntk's (which the tests check). Written again with the same
+    tensor infos' start, the key/values are byte for byte the same, so a pyntk record (and its
+    layout hint) carries over to a file with other tensors.
     """
-    from pyntk.gguf_file import GGUFFile
-    g = GGUFFile(str(path))
+    from gguf import GGUFReader
     out: Dict[str, Any] = {}
-    for name, e in g.entries.items():
-        value = g.value(name)
-        out[name] = (value, e.type, e.array_type) if e.array_type is not None else (value, e.type)
+    for name, field in GGUFReader(str(path)).fields.items():
+        if name.startswith("GGUF."):  # the reader's view of the header
+            continue
+        vtype = field.types[0]
+        value = field.contents()
+        out[name] = (value, vtype, field.types[1]) if vtype == GGUFValueType.ARRAY else (value, vtype)
     return out
 
 
 def data_hash(path: Union[str, Path]) -> str:
-    """sha256 of the tensor data section (from data_offset to the end of the file)."""
-    from pyntk.gguf_file import GGUFFile
-    g = GGUFFile(str(path))
-    return _sha256(path, g.data_offset)
+    """sha256 of the tensor data section (from gguf-py's data offset to the end of the file)."""
+    from gguf import GGUFReader
+    return _sha256(path, GGUFReader(str(path)).data_offset)
 
 
 def file_hash(path: Union[str, Path]) -> str:

@@ -116,11 +116,11 @@ def test_freqs_takes_parameters_from_a_model(model_path):
 @pytest.mark.parametrize("args, words", [
     (["freqs", "--alpha", "0.5"], ["--alpha", ">= 1"]),
     (["freqs", "--alpha", "x"], ["not a number"]),
-    (["freqs", "--factor", "2", "--dims", "63"], ["dims", "even"]),
+    (["freqs", "--method", "linear", "--factor", "2", "--dims", "63"], ["dims", "even"]),
     (["freqs", "--method", "yarn", "--factor", "2"], ["--ctx"]),
     (["freqs", "--method", "linear"], ["--factor"]),
     (["freqs", "--method", "nope"], ["invalid choice"]),
-    (["freqs", "--factor", "2", "--beta-fast", "8"], ["--beta-fast", "does not apply"]),
+    (["freqs", "--method", "linear", "--factor", "2", "--beta-fast", "8"], ["--beta-fast", "does not apply"]),
     (["info"], ["model"]),
 ])
 def test_bad_arguments_give_one_line(args, words):

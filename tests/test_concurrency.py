@@ -14,22 +14,23 @@ import time
 import ggufs
 import pytest
 
-from pyntk.gguf_edit import TEMP_MARK, apply, plan_set
+from pyntk.edit import plan_set
+from pyntk.writer import TEMP_MARK, apply
 
 # Runs the CLI with a pause at the start of the tensor data copy, the lock held: it creates the file
 # argv[1] when it gets there, and goes on once the file argv[2] exists.
 PAUSED = r"""
 import os, sys, time
-from pyntk import gguf_edit
+from pyntk import writer
 from pyntk.cli import main
 
-copy_range = gguf_edit._copy_range
+copy_range = writer._copy_range
 def paused(*args):
     open(sys.argv[1], "w").close()
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.01)
     copy_range(*args)
-gguf_edit._copy_range = paused
+writer._copy_range = paused
 sys.exit(main(sys.argv[3:]))
 """
 REFUSALS = ("another pyntk process is editing this file right now", "the file changed while this edit")

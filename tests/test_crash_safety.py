@@ -20,7 +20,8 @@ import ggufs
 import pytest
 
 from pyntk.cli import main
-from pyntk.gguf_edit import TEMP_MARK, apply, plan_set
+from pyntk.edit import plan_set
+from pyntk.writer import TEMP_MARK, apply
 from pyntk.gguf_file import GGUFFile
 
 CHUNKS = 32  # copy chunks in the step-by-step test
@@ -30,11 +31,11 @@ CHUNKS = 32  # copy chunks in the step-by-step test
 # after it). Forking from one process that imported pyntk once keeps 40 runs cheap.
 STEPPED = r"""
 import os, signal, sys
-from pyntk import gguf_edit
+from pyntk import writer
 from pyntk.cli import main
 
 chunk, models, argv = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
-gguf_edit.COPY_CHUNK = chunk
+writer.COPY_CHUNK = chunk
 step, kill_at = 0, None
 
 def event():
@@ -52,7 +53,7 @@ def around(owner, name):
         return result
     setattr(owner, name, wrapper)
 
-copy_range = gguf_edit._copy_range
+copy_range = writer._copy_range
 def counted_copy(src, dst, src_off, dst_off, length, progress):
     def each_chunk(n):
         event()
@@ -60,9 +61,9 @@ def counted_copy(src, dst, src_off, dst_off, length, progress):
             progress(n)
     event()
     copy_range(src, dst, src_off, dst_off, length, each_chunk)
-gguf_edit._copy_range = counted_copy
+writer._copy_range = counted_copy
 around(os, "fsync")  # the temporary file's, then the directory's
-around(gguf_edit, "_verify")
+around(writer, "_verify")
 around(os, "replace")
 
 for kill_at, model in enumerate(models, start=1):

@@ -1,12 +1,19 @@
-"""Dynamic NTK for llama-cpp-python: unscaled within the training context, static NTK with the
-base for the request's length beyond it, contexts reused per length bucket over one model."""
+"""Dynamic scaling for llama-cpp-python: unscaled within the training context, beyond it the
+method set up for the request's length bucket (Dynamic NTK: static NTK with the base for that
+length), contexts lent out one caller at a time and reused per bucket over one model."""
+
+import json
+import re
+import threading
 
 import numpy as np
 import pytest
 
-from pyntk import PyntkError, reference
-from pyntk.llama import DynamicNTK
-from clirun import THREADS
+from pyntk import PyntkError, RopeScaling, plan, reference
+from pyntk import llama as llama_module
+from pyntk.llama import Cancelled, Dynamic, DynamicNTK, DynamicPolicy, Model
+from pyntk.perplexity import Candidate, evaluate
+from clirun import THREADS, run
 
 pytestmark = [pytest.mark.model, pytest.mark.llama]
 
@@ -70,7 +77,7 @@ def test_buckets_bases_and_context_reuse(small):
     b = small.context_for(100)
     assert b is not a and b.model is a.model
     small.context_for(700)  # a third bucket evicts the least recently used (512)
-    assert sorted(small._contexts) == [128, 768]
+    assert small.kept() == [(128, False), (768, False)]
 
 
 def test_generate_is_greedy_and_stays_in_its_bucket(small):
@@ -89,3 +96,142 @@ def test_generate_is_greedy_and_stays_in_its_bucket(small):
 def test_needs_a_length(model_path):
     with pytest.raises(PyntkError, match="give max_context"):
         DynamicNTK(model_path)
+
+
+# --- Dynamic: any method, scaled per request -------------------------------------------------------
+
+@pytest.mark.parametrize("method, kwargs", [
+    # llama.cpp set up by hand for the 256-token bucket of a model pretending L0 = 128
+    ("yarn", dict(rope_scaling_type=2, rope_freq_scale=0.5, yarn_orig_ctx=128)),
+    ("linear", dict(rope_scaling_type=1, rope_freq_scale=0.5)),
+    ("ntk", "alpha"),
+])
+def test_each_method_runs_set_up_for_its_bucket(model_path, rng, method, kwargs):
+    if kwargs == "alpha":  # static NTK: base b * alpha^(d/(d-2)) with pyntk plan's alpha for 256
+        alpha = plan.alpha_for_context(256, 64, 1e5, 128)
+        kwargs = dict(rope_freq_base=1e5 * alpha ** (64 / 62))
+    tokens = rng.integers(0, 49152, size=150)
+    with Dynamic(model_path, method, max_context=1024, original_context=128, threads=THREADS) as dyn:
+        assert dyn.bucket_for(200) == 256
+        ours = dyn.logits(tokens, max_new_tokens=50)
+        within = dyn.logits(tokens[:100])
+    np.testing.assert_array_equal(ours, llama_logits(model_path, tokens, 256, **kwargs))
+    np.testing.assert_array_equal(within, llama_logits(model_path, tokens[:100], 128))
+
+
+def test_policy_buckets_and_scalings():
+    yarn = DynamicPolicy("yarn", 1e5, 64, 8192, 32768)
+    assert [yarn.bucket_for(n) for n in (1, 8192, 8193, 16384, 20000, 32768)] == \
+        [8192, 8192, 8448, 16384, 20224, 32768]
+    assert yarn.scaling_for(8000) == RopeScaling(method="none", base=1e5, dims=64)
+    assert yarn.scaling_for(16384) == RopeScaling(method="yarn", base=1e5, dims=64, factor=2,
+                                                  original_context=8192)
+    assert yarn.scaling_for(16000).factor == 16128 / 8192  # its bucket's, not its own length's
+    assert yarn.scaling == yarn.scaling_for(32768)  # the target's setup
+    ntk = DynamicPolicy("ntk", 1e5, 64, 8192, 32768)
+    assert ntk.scaling_for(16384).alpha == plan.alpha_for_context(16384, 64, 1e5, 8192)
+    linear = DynamicPolicy("linear", 1e5, 64, 8192, 32768)
+    assert linear.scaling_for(24576) == RopeScaling(method="linear", base=1e5, dims=64, factor=3)
+    # Hugging Face's dynamic NTK keeps its s = max_context / L0 and takes the base for B
+    dyn = DynamicPolicy("dynamic", 1e5, 64, 8192, 32768, factor=4.0)
+    s = RopeScaling(method="dynamic", base=1e5, dims=64, factor=4, original_context=8192)
+    assert dyn.scaling_for(16384).ntk_base == pytest.approx(reference.dynamic_base(s, 16384), rel=1e-12)
+    assert "factor B/8192" in yarn.describe() and "unscaled within" in yarn.describe()
+    with pytest.raises(PyntkError, match="exceeds max_context 32768"):
+        yarn.bucket_for(32769)
+    with pytest.raises(ValueError, match="factor applies to method 'dynamic' only"):
+        DynamicPolicy("yarn", 1e5, 64, 8192, 32768, factor=2.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        DynamicPolicy("rope2", 1e5, 64, 8192, 32768)
+
+
+def test_refuses_a_method_llama_cpp_cannot_run(model_path):
+    with pytest.raises(PyntkError, match="rope_freqs"):
+        Dynamic(model_path, "llama3", max_context=16384)
+    with pytest.raises(PyntkError, match="give max_context"):
+        Dynamic(model_path, "yarn")
+
+
+def test_a_context_is_lent_to_one_caller_at_a_time(model_path):
+    with Dynamic(model_path, "yarn", max_context=1024, original_context=128, cached=1,
+                 threads=THREADS) as dyn:
+        gave_up = threading.Event()
+        gave_up.set()
+        got = []
+        with dyn.acquire(100) as ctx:
+            assert dyn.kept() == [(128, True)]
+            with pytest.raises(Cancelled):  # the only context is lent out: the caller must wait
+                with dyn.acquire(100, give_up=gave_up):
+                    pass
+            waiter = threading.Thread(target=lambda: got.append(dyn.context_for(300)))
+            waiter.start()
+            waiter.join(0.5)
+            assert waiter.is_alive() and not got  # still waiting for the context
+        waiter.join(60)
+        # once it was returned, the waiter got a context of its own bucket in its place
+        assert len(got) == 1 and got[0] is not ctx and dyn.kept() == [(512, False)]
+        assert ctx.ctx is None  # the evicted context was freed
+
+
+def capture_llama_log():
+    import llama_cpp
+
+    lines = []
+    callback = llama_cpp.llama_log_callback(lambda level, text, data: lines.append(text.decode()))
+    llama_cpp.llama_log_set(callback, None)
+    return lines, callback
+
+
+@pytest.mark.parametrize("which", ["smollm2", pytest.param("gemma3", marks=pytest.mark.gemma)])
+def test_kv_bytes_is_what_llama_cpp_allocates(request, which):
+    import llama_cpp
+
+    path = request.getfixturevalue("model_path" if which == "smollm2" else "gemma_path")
+    # a 200-token training context: its bucket's 200 cells are padded to 256 by llama.cpp
+    with Dynamic(path, "yarn", max_context=4096, original_context=200, cached=1, threads=THREADS) as dyn:
+        lines, callback = capture_llama_log()
+        try:
+            for length in (100, 300, 1000, 4096):
+                lines.clear()
+                with dyn.acquire(length):
+                    pass
+                # llama.cpp's "CPU KV buffer size = X MiB" (two caches for sliding-window models)
+                mib = [float(x) for x in re.findall(r"KV buffer size =\s*([\d.]+) MiB", "".join(lines))]
+                assert mib, "".join(lines)
+                assert dyn.kv_bytes(length) / 2**20 == pytest.approx(sum(mib), abs=0.006 * len(mib))
+        finally:
+            llama_cpp.llama_log_set(llama_module._QUIET, None)
+            del callback
+
+
+def test_ppl_dynamic_yarn_is_yarn_set_up_for_each_window(model_path, rng):
+    model = Model(model_path, threads=THREADS)
+    tokens = rng.integers(0, 49152, size=256).astype(np.int32)
+    policy = DynamicPolicy("yarn", 1e5, 64, 64, 256, bucket=64)  # pretend L0 = 64
+    (dyn64, dyn128, dyn256) = evaluate(model, tokens, [64, 128, 256],
+                                       [Candidate("dynamic-yarn", policy.scaling, policy)])
+    static = {n: RopeScaling(method="yarn", base=1e5, dims=64, factor=n / 64, original_context=64)
+              for n in (128, 256)}
+    (none64,) = evaluate(model, tokens, [64], [Candidate("none", RopeScaling(method="none", base=1e5, dims=64))],
+                         span=256)
+    (yarn128,) = evaluate(model, tokens, [128], [Candidate("yarn", static[128])], span=256)
+    (yarn256,) = evaluate(model, tokens, [256], [Candidate("yarn", static[256])])
+    assert (dyn64.ppl, dyn128.ppl, dyn256.ppl) == (none64.ppl, yarn128.ppl, yarn256.ppl)
+    assert dyn128.scaling == static[128] and dyn64.scaling.method == "none"
+    assert dyn128.dynamic == policy.describe() and dyn128.parameters() == policy.describe()
+    assert len({none64.ppl, yarn128.ppl, yarn256.ppl}) == 3  # the setups really differ
+
+
+def test_ppl_command_accepts_dynamic_methods(model_path, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("The keeper wrote the wind and the sea in his notebook every evening. " * 40)
+    proc = run("ppl", model_path, "--text", text, "--ctx", "64,128", "--method", "none,dynamic-yarn",
+               "--threads", THREADS, "--json", check=0)
+    got = {(r["label"], r["ctx"]): r for r in json.loads(proc.stdout)["results"]}
+    for n in (64, 128):  # within the 8192-token training context: unscaled
+        assert got[("dynamic-yarn", n)]["ppl"] == got[("none", n)]["ppl"]
+        assert got[("dynamic-yarn", n)]["dynamic"].startswith("yarn set up for each request's length")
+    for bad, message in [("dynamic-yarn:factor=2", "takes no parameters"),
+                         ("dynamic-llama3", "rope_freqs"), ("dynamic-rope2", "unknown method")]:
+        proc = run("ppl", model_path, "--text", text, "--ctx", "64", "--method", bad, check=1)
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

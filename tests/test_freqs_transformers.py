@@ -1,94 +1,81 @@
 """Frequencies of the C++ core and the numpy reference vs Hugging Face transformers' own rope functions.
 
-transformers computes in float32, hence FLOAT32_RTOL.
+transformers' values are recorded in tests/data/ by tools/record_transformers.py, with the exact
+inputs and the versions, so these tests need neither torch nor transformers. Where both are
+installed, the recording is checked against transformers live as well; PYNTK_TEST_CROSSCHECK=1
+(set by .ci/run when it installed them) makes that check fail instead of skip without them.
 """
 
+import json
 import math
+import os
 
 import numpy as np
 import pytest
+import record_transformers
 
 from pyntk import RopeScaling, inv_freq, reference
-from test_freqs import max_rel, scalings
+from test_freqs import max_rel
 
 # transformers works in float32: its pow rounds the exponent 2i/d to ~6e-8 relative, times
 # ln(base) <= 14 gives ~8e-7, and llama3's band blend adds a divide and a blend of such values.
 FLOAT32_RTOL = 4e-6
+ATTENTION_RTOL = 1e-12  # the attention factor is a float64 formula on both sides
 
-transformers = pytest.importorskip("transformers")
-rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
-
-
-def hf_config(s: RopeScaling, params: dict, max_positions: int):
-    from transformers import LlamaConfig
-    return LlamaConfig(hidden_size=s.dims * 2, num_attention_heads=2, head_dim=s.dims,
-                       max_position_embeddings=max_positions,
-                       rope_parameters={"rope_theta": s.base, **params})
+RECORDING = json.loads(record_transformers.OUT.read_text())
+RECORDED = [(RopeScaling(**c["scaling"]), c["seq_len"],
+             np.asarray(c["inv_freq_float32"], dtype=np.float32).astype(np.float64), c["attention"])
+            for c in RECORDING["cases"]]
+IMPLEMENTATIONS = {"core": inv_freq, "reference": reference.inv_freq}
 
 
-def hf_inv_freq(s: RopeScaling, seq_len=None):
-    """transformers' own rope function for the same scaling."""
-    L0 = s.original_context or 4096
-    if s.method == "linear":
-        cfg = hf_config(s, {"rope_type": "linear", "factor": s.factor}, L0)
-        inv, att = rope_utils._compute_linear_scaling_rope_parameters(cfg)
-    elif s.method == "dynamic":
-        cfg = hf_config(s, {"rope_type": "dynamic", "factor": s.factor}, L0)
-        inv, att = rope_utils._compute_dynamic_ntk_parameters(cfg, seq_len=seq_len)
-    elif s.method == "ntk":
-        # Static NTK is Dynamic NTK with factor 1 evaluated at alpha * L0.
-        cfg = hf_config(s, {"rope_type": "dynamic", "factor": 1.0}, L0)
-        inv, att = rope_utils._compute_dynamic_ntk_parameters(cfg, seq_len=s.alpha * L0)
-    elif s.method == "yarn":
-        cfg = hf_config(s, {"rope_type": "yarn", "factor": s.factor, "beta_fast": s.beta_fast,
-                            "beta_slow": s.beta_slow, "original_max_position_embeddings": L0},
-                        int(L0 * s.factor))
-        inv, att = rope_utils._compute_yarn_parameters(cfg)
-        att *= s.attn_factor
-    elif s.method == "llama3":
-        cfg = hf_config(s, {"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-                            "high_freq_factor": s.high_freq_factor,
-                            "original_max_position_embeddings": L0}, int(L0 * s.factor))
-        inv, att = rope_utils._compute_llama3_parameters(cfg)
-    else:
-        raise AssertionError(s.method)
-    return inv.double().numpy(), float(att)
+def recorded(method):
+    return [case for case in RECORDED if case[0].method == method]
 
 
-HF_METHODS = ["linear", "ntk", "dynamic", "yarn", "llama3"]
+def mismatches(cases, fn):
+    """The cases where fn(scaling, seq_len) differs from transformers beyond float32 rounding."""
+    bad = []
+    for s, seq_len, theirs, their_attention in cases:
+        ours, our_attention = fn(s, seq_len)
+        rel = max_rel(ours, theirs)
+        if rel > FLOAT32_RTOL or abs(our_attention - their_attention) > ATTENTION_RTOL * their_attention:
+            bad.append(f"{s.describe()} seq_len={seq_len}: {rel:.3g} relative, "
+                       f"attention {our_attention!r} vs {their_attention!r}")
+    return bad
 
 
-def hf_cases(method):
-    for s in scalings(method):
-        if method in ("yarn", "llama3") and s.factor == 1.0:
-            continue  # transformers wants max_position_embeddings > original for these
-        if method == "dynamic":
-            for seq_len in (s.original_context // 2, 3 * s.original_context + 1):
-                yield s, seq_len
-        else:
-            yield s, None
+def test_recording_says_what_made_it_and_is_current():
+    assert RECORDING["recorded_by"] == "tools/record_transformers.py"
+    assert RECORDING["transformers"] and RECORDING["torch"]
+    assert [(s, seq_len) for s, seq_len, _, _ in RECORDED] == list(record_transformers.cases()), \
+        "the cases in tools/record_transformers.py changed: run it again"
 
 
-@pytest.mark.parametrize("method", HF_METHODS)
-@pytest.mark.parametrize("implementation", ["core", "reference"])
+@pytest.mark.parametrize("method", record_transformers.METHODS)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_matches_transformers(method, implementation):
-    ours_fn = inv_freq if implementation == "core" else reference.inv_freq
-    worst = 0.0
-    for s, seq_len in hf_cases(method):
-        theirs, their_attention = hf_inv_freq(s, seq_len)
-        ours, our_attention = ours_fn(s, seq_len)
-        worst = max(worst, max_rel(ours, theirs))
-        assert our_attention == pytest.approx(their_attention, rel=1e-12), s
-    assert worst <= FLOAT32_RTOL, f"{method}: {implementation} vs transformers: {worst:.3g} relative"
+    cases = recorded(method)
+    assert cases
+    bad = mismatches(cases, IMPLEMENTATIONS[implementation])
+    assert not bad, f"{method}: {len(bad)} of {len(cases)} cases differ, e.g. {bad[0]}"
 
 
 def test_yarn_matches_transformers_with_beta_and_attn_factor():
-    s = RopeScaling(method="yarn", dims=128, base=5e5, factor=6.0, original_context=4096,
-                    beta_fast=16, beta_slow=2, attn_factor=0.8)
-    theirs, att = hf_inv_freq(s)
-    ours, our_att = inv_freq(s)
-    assert max_rel(ours, theirs) <= FLOAT32_RTOL
-    assert our_att == pytest.approx(0.8 * (0.1 * math.log(6.0) + 1.0), rel=1e-15) == pytest.approx(att)
+    [case] = [c for c in recorded("yarn") if c[0].attn_factor != 1.0]
+    s = case[0]
+    assert (s.beta_fast, s.beta_slow, s.attn_factor, s.factor) == (16, 2, 0.8, 6.0)
+    assert not mismatches([case], inv_freq)
+    assert inv_freq(s)[1] == pytest.approx(0.8 * (0.1 * math.log(6.0) + 1.0), rel=1e-15)
+
+
+@pytest.mark.parametrize("method", record_transformers.METHODS)
+def test_a_scale_error_beyond_float32_rounding_is_caught(method):
+    def scaled(s, seq_len):
+        inv, attention = inv_freq(s, seq_len)
+        return inv * (1 + 2.5 * FLOAT32_RTOL), attention
+    cases = recorded(method)
+    assert cases and len(mismatches(cases, scaled)) == len(cases)
 
 
 # Deliberately wrong formulas, each a plausible slip; the transformers comparison must catch it.
@@ -103,7 +90,7 @@ def _wrong_ntk_no_exponent(s, seq_len):
 
 
 def _wrong_yarn_untruncated_ramp(s, seq_len):
-    d, plain = s.dims, reference.inv_freq(s.replace(method="none", factor=1.0, original_context=None))[0]
+    d, plain = s.dims, reference.inv_freq(RopeScaling(method="none", base=s.base, dims=s.dims))[0]
 
     def corr(r):
         return d * math.log(s.original_context / (2 * math.pi * r)) / (2 * math.log(s.base))
@@ -129,13 +116,34 @@ def _wrong_linear_multiplies(s, seq_len):
     (_wrong_linear_multiplies, "linear"),
 ])
 def test_a_wrong_formula_is_caught(wrong, method):
-    caught = 0
-    total = 0
-    for s, seq_len in hf_cases(method):
-        if (s.factor if method != "ntk" else s.alpha) == 1.0 or (seq_len is not None and seq_len <= s.original_context):
-            continue  # the slip cannot show where the method does nothing
-        theirs, att = hf_inv_freq(s, seq_len)
-        ours, our_att = wrong(s, seq_len)
-        total += 1
-        caught += max_rel(ours, theirs) > FLOAT32_RTOL or abs(our_att - att) > 1e-12 * att
-    assert total and caught == total, f"only {caught}/{total} wrong cases caught"
+    # Only where the method changes something can the slip show.
+    cases = [c for c in recorded(method) if (c[0].alpha if method == "ntk" else c[0].factor) != 1.0
+             and (c[1] is None or c[1] > c[0].original_context)]
+    assert cases and len(mismatches(cases, wrong)) == len(cases)
+
+
+@pytest.fixture(scope="module")
+def live():
+    """transformers' values computed now, for every recorded case."""
+    if os.environ.get("PYNTK_TEST_CROSSCHECK") == "1":
+        import torch  # noqa: F401  (required: fail rather than skip)
+        import transformers  # noqa: F401
+    else:
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
+    return [(s, seq_len, *record_transformers.hf_inv_freq(s, seq_len)) for s, seq_len, _, _ in RECORDED]
+
+
+def test_recording_matches_transformers_now(live):
+    import transformers
+    by_case = {(s, seq_len): (inv, attention) for s, seq_len, inv, attention in RECORDED}
+    bad = mismatches(live, lambda s, seq_len: by_case[s, seq_len])
+    assert not bad, (f"transformers {transformers.__version__} (recorded: {RECORDING['transformers']}) "
+                     f"computes otherwise in {len(bad)} cases, e.g. {bad[0]}: find out why, then "
+                     "run tools/record_transformers.py again")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_matches_transformers_now(live, implementation):
+    bad = mismatches(live, IMPLEMENTATIONS[implementation])
+    assert not bad, f"{len(bad)} of {len(live)} cases differ, e.g. {bad[0]}"

@@ -20,15 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyntk.cli import main
-from pyntk.gguf_edit import (
-    LAYOUT_KEY,
-    SCALING_KEY,
-    apply,
-    plan_reset,
-    plan_set,
-    read_original_rope,
-    read_rope,
-)
+from pyntk.edit import plan_reset, plan_set
+from pyntk.llamacpp import read as read_view
+from pyntk.record import LAYOUT_KEY, SCALING_KEY, read_original
+from pyntk.writer import apply
 from pyntk.gguf_file import GGUFFile
 
 T = GGUFValueType
@@ -101,7 +96,7 @@ def test_a_malformed_layout_hint_is_replaced_not_an_assertion(tmp_path, layout):
     apply(plan)
     g = GGUFFile(str(path), layout_key=LAYOUT_KEY)
     assert g.partial and g.entries[LAYOUT_KEY].array_type == T.UINT64
-    assert ggufs.data_hash(path) == data and read_rope(g).scaling_type == "linear"
+    assert ggufs.data_hash(path) == data and read_view(g).scaling_type == "linear"
 
 
 @pytest.mark.parametrize("text", ["null", "[1]", "5", '"ntk"'])
@@ -111,7 +106,7 @@ def test_a_scaling_record_that_is_not_a_json_object_is_replaced(tmp_path, text):
     apply(plan_set(path, alpha=4))
     assert json.loads(GGUFFile(str(path)).value(SCALING_KEY))["alpha"] == 4
     apply(plan_reset(path))
-    assert read_rope(path).base == 10000
+    assert read_view(path).base == 10000
 
 
 def test_a_layout_hint_pointing_at_an_earlier_boundary_is_not_trusted(tmp_path):
@@ -123,9 +118,9 @@ def test_a_layout_hint_pointing_at_an_earlier_boundary_is_not_trusted(tmp_path):
     ggufs.patch_bytes(path, layout.value_start + 12, struct.pack("<Q", layout.end))
     hinted, full = GGUFFile(str(path), layout_key=LAYOUT_KEY), GGUFFile(str(path))
     assert not hinted.partial and list(hinted.entries) == list(full.entries)
-    assert read_original_rope(hinted).context_length == 4096
+    assert read_original(hinted).context_length == 4096
     apply(plan_reset(path))
-    assert read_rope(path).context_length == 4096
+    assert read_view(path).context_length == 4096
 
 
 @pytest.mark.parametrize("kv, match", [

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyntk.errors import PyntkError
-from pyntk.gguf_edit import read_rope
+from pyntk.llamacpp import read as read_view
 from pyntk.gguf_file import GGUFFile
 
 FUZZ = settings(max_examples=150, deadline=5000, derandomize=True,
@@ -38,7 +38,7 @@ def check(tmp_path, data: bytes):
     digest = hashlib.sha256(data).digest()
     try:
         g = GGUFFile(path)
-        read_rope(g)
+        read_view(g)
     except PyntkError as e:
         assert str(e).startswith(str(path)) and "\n" not in str(e)
     assert hashlib.sha256(path.read_bytes()).digest() == digest
@@ -48,7 +48,7 @@ def test_base_file_is_valid(tmp_path, base):
     data, _ = base
     path = tmp_path / "base.gguf"
     path.write_bytes(data)
-    info = read_rope(path)
+    info = read_view(path)
     assert (info.arch, info.context_length, info.dims) == ("llama", 8192, 64)
     assert len(GGUFFile(path).array("tokenizer.ggml.tokens")) == 49152
 
@@ -110,7 +110,7 @@ def test_wrong_value_types_for_rope_keys(tmp_path, base, key, new_type):
     path = tmp_path / "typed.gguf"
     path.write_bytes(bytes(data))
     try:
-        info = read_rope(path)
+        info = read_view(path)
     except PyntkError:
         return
     # Read without error: the values must be those of a consistent re-interpretation.

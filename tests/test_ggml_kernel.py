@@ -169,8 +169,9 @@ def test_ggml_args_map_every_method():
         args = pyntk_ggml.ggml_args(s, seq_len=2048)
         assert args["n_rot"] == s.dims
     assert pyntk_ggml.ggml_args(SCALINGS[1])["freq_scale"] == 0.25
-    assert pyntk_ggml.ggml_args(SCALINGS[2])["freq_base"] == SCALINGS[2].ntk_base
+    # float32, as llama.cpp holds every rope float (pyntk.llamacpp's one mapping)
+    assert pyntk_ggml.ggml_args(SCALINGS[2])["freq_base"] == float(np.float32(SCALINGS[2].ntk_base))
     yarn = pyntk_ggml.ggml_args(SCALINGS[3])
-    assert (yarn["ext_factor"], yarn["attn_factor"], yarn["n_ctx_orig"]) == (1.0, 1.1, 4096)
+    assert (yarn["ext_factor"], yarn["attn_factor"], yarn["n_ctx_orig"]) == (1.0, float(np.float32(1.1)), 4096)
     with pytest.raises(TypeError):
         pyntk_ggml.ggml_args("yarn")

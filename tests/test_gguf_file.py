@@ -10,7 +10,9 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from pyntk.errors import PyntkError
-from pyntk.gguf_edit import LAYOUT_KEY, apply, plan_set
+from pyntk.edit import plan_set
+from pyntk.record import LAYOUT_KEY
+from pyntk.writer import apply
 from pyntk.gguf_file import CorruptGGUF, GGUFFile, _Cursor, encode_entry, encode_value
 
 T = GGUFValueType

@@ -7,7 +7,6 @@ llama.cpp makes of the edited file.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -18,24 +17,18 @@ import struct
 import sys
 
 import ggufs
+from llamalog import load_logged
 import pytest
 from gguf import GGUFValueType
 from ggufs import ABSENT
 
-from pyntk import gguf_edit
+from pyntk import writer
 from pyntk.cli import main
-from pyntk.gguf_edit import (
-    LAYOUT_KEY,
-    apply,
-    managed_keys,
-    plan_reset,
-    plan_set,
-    read_original_rope,
-    read_record,
-    read_rope,
-)
+from pyntk.edit import plan_reset, plan_set
+from pyntk.llamacpp import file_key_types, read as read_view
+from pyntk.record import LAYOUT_KEY, read_original, read_record
+from pyntk.writer import apply
 from pyntk.gguf_file import GGUFFile
-from pyntk.plan import alpha_for_context, supported_context
 from pyntk.scaling import RopeScaling
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -50,7 +43,7 @@ def values(path):
     """The five managed keys as (type name, value), None when absent."""
     g = GGUFFile(str(path))
     arch = g.value("general.architecture")
-    return {k: (g.entries[k].type.name, g.value(k)) if k in g.entries else None for k in managed_keys(arch)}
+    return {k: (g.entries[k].type.name, g.value(k)) if k in g.entries else None for k in file_key_types(arch)}
 
 
 def f32(x):
@@ -84,10 +77,12 @@ def test_first_edit_rewrites_then_edits_are_in_place_and_reset_is_exact(model, c
 
     rc, out, _ = cli(capsys, "gguf-set", "--alpha", "4", "--yes", model)
     assert rc == 0 and "rewrite" in out
-    info = read_rope(model)
+    info = read_view(model)
     scaling = RopeScaling(method="ntk", alpha=4, base=10000.0, dims=32)
     assert info.base == f32(scaling.ntk_base)
-    assert info.context_length == supported_context(scaling, 4096) // 256 * 256 > 4096
+    # Liu et al.'s criterion by hand: d/2 * ln(4096/2pi)/ln(1e4) = 11.26 turns -> 24 critical dims;
+    # 4096 * (4^(32/30))^(24/32) = 4096 * 4^0.8 = 12416.7, rounded down to llama.cpp's 256 padding
+    assert info.context_length == 12288
     assert (info.scaling_type, info.factor, info.original_context) == ("none", 1.0, 4096)
     assert ggufs.data_hash(model) == data
     size = os.path.getsize(model)
@@ -113,7 +108,7 @@ def _kwargs(argv):
 
 def test_yarn_keeps_the_old_context_as_original_context(model):
     apply(plan_set(model, method="yarn", factor=4))
-    info = read_rope(model)
+    info = read_view(model)
     assert (info.scaling_type, info.factor) == ("yarn", 4.0)
     assert info.original_context == 4096 and info.context_length == 4 * 4096
     assert info.scaling() == RopeScaling(method="yarn", factor=4, original_context=4096, base=10000.0, dims=32)
@@ -152,9 +147,9 @@ def test_originals_are_written_once_and_never_overwritten(model):
         assert record.originals == first.originals and record.absent == first.absent
     assert {k: o.value for k, o in first.originals.items()} == {"llama.context_length": 4096,
                                                                  "llama.rope.freq_base": 10000.0}
-    assert set(first.absent) == {"llama.rope.scaling.type", "llama.rope.scaling.factor",
+    assert set(first.absent) == {"llama.rope.scaling.type", "llama.rope.scaling.factor", "llama.rope.scaling.attn_factor",
                                  "llama.rope.scaling.original_context_length"}
-    assert read_original_rope(model).context_length == 4096
+    assert read_original(model).context_length == 4096
 
 
 @pytest.mark.parametrize("missing", ["llama.rope.freq_base", "llama.rope.dimension_count"])
@@ -162,7 +157,7 @@ def test_files_lacking_rope_keys(tmp_path, missing):
     path = ggufs.write_model(tmp_path / "m.gguf", **{missing: ABSENT})
     original = ggufs.file_hash(path)
     apply(plan_set(path, alpha=4))
-    info = read_rope(path)
+    info = read_view(path)
     assert info.base == f32(10000.0 * 4 ** (16 / 14))  # base 10000 and dims 64/4 by default
     apply(plan_reset(path))
     assert ggufs.file_hash(path) == original
@@ -191,10 +186,10 @@ def test_a_model_that_declares_its_own_scaling_is_rescaled_from_its_training_con
         "qwen2.rope.scaling.original_context_length": 32768})
     rc, out, err = cli(capsys, "gguf-set", "--alpha", "2", "--yes", path)
     assert rc == 0 and "declares yarn scaling x4" in err
-    info = read_rope(path)
+    info = read_view(path)
     assert info.original_context == 32768 and info.scaling_type == "none"
-    assert info.context_length == supported_context(
-        RopeScaling(method="ntk", alpha=2, base=1e6, dims=16), 32768) // 256 * 256
+    # 8 * ln(32768/2pi)/ln(1e6) = 4.96 -> 10 critical dims; 32768 * 2^(10/14) = 53761.5 -> 53760
+    assert info.context_length == 53760
 
 
 def test_gemma3_gets_a_note_that_only_global_layers_change(tmp_path, capsys):
@@ -207,28 +202,28 @@ def test_gemma3_gets_a_note_that_only_global_layers_change(tmp_path, capsys):
     assert g.value("gemma3.rope.freq_base") > 1e6
 
 
-def test_ctx_derives_ntk_alpha_and_is_written(model):
-    plan = plan_set(model, ctx=12000)
+def test_ntk_with_ctx_derives_alpha_and_is_written(model):
+    plan = plan_set(model, method="ntk", ctx=12000)
     t = plan.target
     assert t.scaling.method == "ntk"
-    assert t.scaling.alpha == pytest.approx(alpha_for_context(12000, 32, 10000.0, 4096))
+    # the alpha whose criterion gives 12000: (12000/4096)^(32/24) = base gain, alpha = gain^(30/32)
+    assert t.scaling.alpha == pytest.approx((12000 / 4096) ** (32 / 24 * 30 / 32), rel=1e-12)
     assert t.supported_context >= 12000 - 1
     apply(plan)
-    assert read_rope(model).context_length == 12000
+    assert read_view(model).context_length == 12000
 
 
 def test_factor_context_is_factor_times_original(model):
     apply(plan_set(model, method="linear", factor=2.5))
-    assert read_rope(model).context_length == 10240
+    assert read_view(model).context_length == 10240
 
 
 def test_explicit_base(model):
     apply(plan_set(model, base=40000))
-    info = read_rope(model)
+    info = read_view(model)
     assert info.base == 40000.0
-    alpha = 4 ** (30 / 32)
-    assert info.context_length == supported_context(
-        RopeScaling(method="ntk", alpha=alpha, base=10000.0, dims=32), 4096) // 256 * 256
+    # base x4 -> 4096 * 4^(24/32) = 11585.2 -> 11520 (24 critical dims, as above)
+    assert info.context_length == 11520
 
 
 def test_output_file_leaves_the_original_untouched(model, tmp_path, capsys):
@@ -237,7 +232,7 @@ def test_output_file_leaves_the_original_untouched(model, tmp_path, capsys):
     out_path.parent.mkdir()
     rc, out, _ = cli(capsys, "gguf-set", "--alpha", "4", "-o", out_path, "--yes", model)
     assert rc == 0 and ggufs.file_hash(model) == before
-    assert read_rope(out_path).scaling_type == "none"
+    assert read_view(out_path).scaling_type == "none"
     assert ggufs.data_hash(out_path) == ggufs.data_hash(model)
     assert_refused(capsys, model, "gguf-set", "--alpha", "2", "-o", out_path, "--yes", model,
                    match="already exists.*--force")
@@ -254,7 +249,7 @@ def test_dry_run_and_json_write_nothing(model, capsys):
     rc, out, _ = cli(capsys, "gguf-set", "--alpha", "4", "--dry-run", "--json", model)
     data = json.loads(out)
     assert data["mode"] == "rewrite" and data["dry_run"] and not data["applied"]
-    assert {c["key"] for c in data["changes"]} >= set(managed_keys("llama"))
+    assert {c["key"] for c in data["changes"]} >= set(file_key_types("llama"))
     assert ggufs.file_hash(model) == before
     rc, out, _ = cli(capsys, "gguf-set", "--alpha", "4", "--json", model)
     data = json.loads(out)
@@ -288,7 +283,7 @@ def test_hard_links_get_a_note(model, capsys):
     os.link(model, model.parent / "other.gguf")
     rc, _, err = cli(capsys, "gguf-set", "--alpha", "2", "--yes", model)
     assert rc == 0 and "2 hard links" in err
-    assert read_rope(model.parent / "other.gguf").scaling_type == "linear"  # the other link: old content
+    assert read_view(model.parent / "other.gguf").scaling_type == "linear"  # the other link: old content
 
 
 def test_rewrite_preserves_permissions_and_follows_symlinks(model, tmp_path):
@@ -297,7 +292,7 @@ def test_rewrite_preserves_permissions_and_follows_symlinks(model, tmp_path):
     link.symlink_to(model)
     apply(plan_set(link, alpha=4))
     assert link.is_symlink() and stat.S_IMODE(os.stat(model).st_mode) == 0o640
-    assert read_rope(model).scaling_type == "none"
+    assert read_view(model).scaling_type == "none"
 
 
 def test_the_data_hash_would_catch_a_changed_tensor_byte(model, tmp_path):
@@ -321,7 +316,7 @@ def test_big_vocabulary_rewrite_and_fast_reparse(tmp_path):
     fast, full = GGUFFile(str(path), layout_key=LAYOUT_KEY), GGUFFile(str(path))
     assert fast.partial and not full.partial
     assert fast.tensors == full.tensors and fast.data_offset == full.data_offset
-    assert read_rope(fast) == read_rope(full)
+    assert read_view(fast) == read_view(full)
     assert fast.entries[LAYOUT_KEY].end < full.entries["tokenizer.ggml.tokens"].start  # pyntk keys early
     assert plan_set(path, alpha=2).mode == "in-place"
 
@@ -330,7 +325,7 @@ def test_big_vocabulary_rewrite_and_fast_reparse(tmp_path):
 def test_rewrite_without_copy_file_range(tmp_path, monkeypatch, how):
     path = ggufs.write_model(tmp_path / "m.gguf", data_bytes=(1 << 20) + 77)
     data = ggufs.data_hash(path)
-    monkeypatch.setattr(gguf_edit, "COPY_CHUNK", 1 << 18)  # several chunks
+    monkeypatch.setattr(writer, "COPY_CHUNK", 1 << 18)  # several chunks
     if how == "missing":
         monkeypatch.delattr(os, "copy_file_range", raising=False)
     else:
@@ -358,9 +353,9 @@ def test_failed_rewrite_leaves_original_and_no_temporary_file(model, monkeypatch
     before = ggufs.file_hash(model)
     if where == "verify":
         def broken(*a, **k):
-            raise gguf_edit.PyntkError("simulated verification failure")
-        monkeypatch.setattr(gguf_edit, "_verify", broken)
-        with pytest.raises(gguf_edit.PyntkError):
+            raise writer.PyntkError("simulated verification failure")
+        monkeypatch.setattr(writer, "_verify", broken)
+        with pytest.raises(writer.PyntkError):
             apply(plan_set(model, alpha=4))
     else:
         def interrupt(n):
@@ -376,7 +371,7 @@ def test_a_file_changed_after_planning_is_not_edited(model):
     stale = plan_set(model, alpha=4)
     apply(plan_set(model, alpha=3))
     before = ggufs.file_hash(model)
-    with pytest.raises(gguf_edit.PyntkError, match="changed while"):
+    with pytest.raises(writer.PyntkError, match="changed while"):
         apply(stale)
     assert ggufs.file_hash(model) == before
 
@@ -386,7 +381,7 @@ def test_a_file_changed_before_a_planned_rewrite_is_not_rewritten(model):
     assert stale.mode == "rewrite"
     apply(plan_set(model, alpha=3))
     before = ggufs.file_hash(model)
-    with pytest.raises(gguf_edit.PyntkError, match="changed while"):
+    with pytest.raises(writer.PyntkError, match="changed while"):
         apply(stale)
     assert ggufs.file_hash(model) == before
 
@@ -450,12 +445,10 @@ def test_refuses_finetuned_unless_forced(tmp_path, capsys):
     assert_refused(capsys, path, "gguf-set", "--alpha", "4", path, match="finetuned.*--force")
     rc, _, err = cli(capsys, "gguf-set", "--alpha", "4", "--force", "--yes", path)
     assert rc == 0 and "--force" in err
-    assert read_rope(path).finetuned  # the flag itself is left alone
+    assert read_view(path).finetuned  # the flag itself is left alone
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--alpha", "0.5"], "--alpha must be >= 1"),
-    (["--factor", "0.5"], "--factor must be >= 1"),
     (["--ctx", "4096"], "not above the model's training context 4096"),
     (["--ctx", "100"], "not above"),
     (["--method", "yarn", "--ctx", "2048"], "not above"),
@@ -524,7 +517,7 @@ def test_read_only_directory_still_allows_in_place_edits(model, capsys):
 
 
 def test_refuses_when_disk_is_too_full(model, capsys, monkeypatch):
-    monkeypatch.setattr(gguf_edit, "_free_bytes", lambda directory: 1000)
+    monkeypatch.setattr(writer, "_free_bytes", lambda directory: 1000)
     assert_refused(capsys, model, "gguf-set", "--alpha", "4", "--yes", model, match="not enough free disk")
     assert [p.name for p in model.parent.iterdir()] == [model.name]
 
@@ -570,8 +563,8 @@ def test_args_prints_runtime_settings_and_leaves_the_file(model, capsys):
     rc, out, _ = cli(capsys, "args", model, "--method", "yarn", "--factor", "4", "--beta-fast", "16", "--json")
     kw = json.loads(out)["llama_cpp_python"]
     assert kw == {"n_ctx": 16384, "rope_scaling_type": 2, "rope_freq_base": 10000.0, "rope_freq_scale": 0.25,
-                  "yarn_orig_ctx": 4096, "kv_overrides": {"llama.context_length": 16384},
-                  "yarn_beta_fast": 16.0}
+                  "yarn_ext_factor": 1.0, "yarn_orig_ctx": 4096, "yarn_beta_fast": 16.0, "yarn_beta_slow": 1.0,
+                  "kv_overrides": {"llama.context_length": 16384, "llama.rope.scaling.attn_factor": 1.0}}
 
 
 def test_args_sets_yarn_attn_factor_through_the_file_key(model, capsys):
@@ -580,7 +573,7 @@ def test_args_sets_yarn_attn_factor_through_the_file_key(model, capsys):
                      "--json")
     settings = json.loads(out)
     assert rc == 0 and "yarn_attn_factor" not in settings["llama_cpp_python"]
-    assert settings["llama_cpp_python"]["kv_overrides"]["llama.rope.scaling.attn_factor"] == 0.9
+    assert settings["llama_cpp_python"]["kv_overrides"]["llama.rope.scaling.attn_factor"] == f32(0.9)
     assert "llama.rope.scaling.attn_factor=float:0.9" in settings["llama_cpp_flags"]
     assert "--yarn-attn-factor" not in settings["llama_cpp_flags"]
 
@@ -593,40 +586,6 @@ def test_args_uses_the_original_values_of_an_edited_file(model, capsys):
 
 
 # --- the real model in llama.cpp -------------------------------------------------------------
-
-class _LlamaLog:
-    """Collects llama.cpp's log lines (llama-cpp-python silences them with verbose=False)."""
-
-    def __init__(self, llama_cpp):
-        self.llama_cpp, self.lines = llama_cpp, []
-
-        @llama_cpp.llama_log_callback
-        def callback(level, text, user_data):
-            self.lines.append(text.decode("utf-8", "replace"))
-
-        self.callback = callback
-
-    def __enter__(self):
-        self.llama_cpp.llama_log_set(self.callback, ctypes.c_void_p(0))
-        return self
-
-    def __exit__(self, *exc):
-        from llama_cpp import _logger
-        self.llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-    def value(self, name):
-        text = "".join(self.lines)
-        found = re.findall(rf"{re.escape(name)}\s*=\s*(\S+)", text)
-        assert found, f"{name} not in llama.cpp's log"
-        return found[-1]
-
-
-def _load(llama_cpp, path, n_ctx, **kw):
-    log = _LlamaLog(llama_cpp)
-    with log:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, n_threads=2, **kw)
-    return llm, log
-
 
 @pytest.fixture
 def edited_model(model_path, tmp_path):
@@ -644,7 +603,7 @@ def test_llama_cpp_loads_the_edited_model_and_the_reset_one(edited_model, capsys
 
     rc, out, _ = cli(capsys, "gguf-set", "--method", "yarn", "--factor", "2", "--yes", edited_model)
     assert rc == 0 and ggufs.data_hash(edited_model) == data
-    llm, log = _load(llama_cpp, edited_model, 512)
+    llm, log = load_logged(llama_cpp, edited_model, 512)
     assert llama_cpp.llama_model_n_ctx_train(llm.model) == 16384
     assert llama_cpp.llama_model_rope_freq_scale_train(llm.model) == pytest.approx(0.5)
     assert log.value("rope scaling") == "yarn"
@@ -655,8 +614,8 @@ def test_llama_cpp_loads_the_edited_model_and_the_reset_one(edited_model, capsys
     # static NTK: generate at the new, longer context without any runtime flag
     rc, out, _ = cli(capsys, "gguf-set", "--alpha", "4", "--yes", edited_model)
     assert rc == 0 and "in place" in out
-    info = read_rope(edited_model)
-    llm, log = _load(llama_cpp, edited_model, 0)  # n_ctx 0: the model's (new) training context
+    info = read_view(edited_model)
+    llm, log = load_logged(llama_cpp, edited_model, 0)  # n_ctx 0: the model's (new) training context
     assert llama_cpp.llama_n_ctx(llm.ctx) == info.context_length > 8192
     assert llama_cpp.llama_model_n_ctx_train(llm.model) == info.context_length
     assert float(log.value("freq_base_train")) == pytest.approx(info.base, rel=1e-6)
@@ -668,7 +627,7 @@ def test_llama_cpp_loads_the_edited_model_and_the_reset_one(edited_model, capsys
 
     rc, out, _ = cli(capsys, "gguf-reset", "--yes", edited_model)
     assert rc == 0 and ggufs.file_hash(edited_model) == original
-    llm, log = _load(llama_cpp, edited_model, 512)
+    llm, log = load_logged(llama_cpp, edited_model, 512)
     assert llama_cpp.llama_model_n_ctx_train(llm.model) == 8192
     assert float(log.value("freq_base_train")) == 100000.0
     assert log.value("rope scaling") == "linear"
@@ -688,7 +647,7 @@ def test_args_kwargs_give_the_same_logits_as_the_edited_file(edited_model, model
     tokens = list(range(1000, 1016))
 
     def logits(path, **kw):
-        llm, _ = _load(llama_cpp, path, kw.pop("n_ctx", 64), logits_all=True, **kw)
+        llm, _ = load_logged(llama_cpp, path, kw.pop("n_ctx", 64), logits_all=True, **kw)
         llm.eval(tokens)
         out = np.array(llm.scores[:len(tokens)])
         return out, llama_cpp.llama_model_n_ctx_train(llm.model)
@@ -696,7 +655,7 @@ def test_args_kwargs_give_the_same_logits_as_the_edited_file(edited_model, model
     file_logits, file_train = logits(edited_model)
     flag_logits, flag_train = logits(model_path, **kwargs)
     plain_logits, _ = logits(model_path)
-    assert file_train == flag_train == read_rope(edited_model).context_length
+    assert file_train == flag_train == read_view(edited_model).context_length
     np.testing.assert_array_equal(file_logits, flag_logits)
     assert not np.array_equal(file_logits, plain_logits)  # the comparison can fail
 

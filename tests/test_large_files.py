@@ -18,7 +18,9 @@ from pathlib import Path
 import ggufs
 import pytest
 
-from pyntk.gguf_edit import apply, plan_set, read_rope
+from pyntk.edit import plan_set
+from pyntk.llamacpp import read as read_view
+from pyntk.writer import apply
 from pyntk.gguf_file import GGUFFile
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)")
@@ -88,7 +90,7 @@ def test_in_place_edit_of_a_file_over_4_gib(tmp_path):
     assert os.path.getsize(model) == size and markers(model) == before
     assert allocated(model) < 1 << 20  # the hole was not read into memory nor written
     assert rss < MAX_RSS
-    assert read_rope(model).base == pytest.approx(report["target"]["freq_base"])
+    assert read_view(model).base == pytest.approx(report["target"]["llama_cpp"]["freq_base"])
 
 
 def check_rewrite_over_4_gib(directory: Path) -> None:
@@ -103,7 +105,7 @@ def check_rewrite_over_4_gib(directory: Path) -> None:
         assert markers(model) == before
         new = GGUFFile(str(model))
         assert [(t.name, t.offset) for t in new.tensors] == [(t.name, t.offset) for t in g.tensors]
-        assert read_rope(model).base == pytest.approx(report["target"]["freq_base"])
+        assert read_view(model).base == pytest.approx(report["target"]["llama_cpp"]["freq_base"])
         report, rss = peak_rss("gguf-reset", model)
         assert report["mode"] == "rewrite" and rss < MAX_RSS, rss
         assert markers(model) == before and os.path.getsize(model) == g.file_size

@@ -137,11 +137,10 @@ def test_dynamic_reuses_unscaled_within_training_context_and_measures_plan_candi
     none, dyn = evaluate(model, tokens, [128], cands, progress=calls.append)
     assert dyn.ppl == none.ppl and dyn.label == "dynamic" and dyn.scaling.method == "dynamic"
     assert calls == [128, 128]
-    # `pyntk plan --measure`'s candidates, on a pretend 64-token training context
+    # `pyntk plan --measure`'s starting points, on a pretend 64-token training context
     rec = plan.recommend(128, dims=64, base=1e5, training_context=64)
-    candidates = [Candidate(label, s) for label, s in plan.measure_candidates(rec)]
-    assert [c.label for c in candidates] == ["ntk (recommended)", "ntk, alpha x2/3", "ntk, alpha x3/2",
-                                             "linear", "yarn"]
+    candidates = [Candidate(s.method, s) for s in (rec.scaling, rec.runner_up.scaling)]
+    assert [c.label for c in candidates] == ["yarn", "ntk"]
     results = evaluate(model, tokens, [128], candidates)
     assert all(math.isfinite(r.ppl) and r.ppl > 1 for r in results)
     assert len({round(r.ppl, 6) for r in results}) == len(results)  # they really differ

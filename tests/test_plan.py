@@ -1,17 +1,41 @@
-"""pyntk plan: the criterion, the recommendation, its agreement with published NTK alpha results,
-gguf-set's use of it, and the `pyntk plan` command."""
+"""pyntk plan: the criterion against hand-derived values and published NTK alpha results, the
+recommendation against hand-derived setups and the measurements in docs/results/, the evidence's
+traceability, and the `pyntk plan` command."""
 
 import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from pyntk import RopeScaling, plan, reference
-from pyntk.gguf_edit import plan_target, read_original_rope
+from pyntk import RopeScaling, evidence, plan, reference
+from pyntk.record import read_original
+from pyntk.target import plan_target
 from clirun import run
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
 
 SMOL = dict(dims=64, base=1e5, training_context=8192)  # SmolLM2-135M
 LLAMA1 = dict(dims=128, base=1e4, training_context=2048)
 LLAMA2 = dict(dims=128, base=1e4, training_context=4096)
+
+# Hand-derived (docs/PLAN.md): the critical dimension d_extra = 2*ceil((d/2) * ln(L0/2pi) / ln b)
+# and the criterion's alpha (T/L0)^((d-2)/d_extra).
+# SmolLM2: 32 * ln(8192/2pi) / ln(1e5) = 32 * 7.17303 / 11.51293 = 19.94 -> d_extra 40, exponent 62/40
+#   alpha(16384) = 2^1.55 = 2^1.5 * 2^0.05 = 2.828427 * 1.035265 = 2.928171
+#   alpha(32768) = 2^3.1 = 8 * 2^0.1 = 8 * 1.071773 = 8.574188
+# Llama 2: 64 * ln(4096/2pi) / ln(1e4) = 64 * 6.47989 / 9.21034 = 45.03 -> d_extra 92, exponent 126/92
+#   alpha(8192) = 2^(126/92) = 2^1.369565 = e^0.949310 = 2.583927
+HAND = {
+    ("smol", 16384): (40, 2.928171), ("smol", 32768): (40, 8.574188),
+    ("llama2", 8192): (92, 2.583927),
+}
+SHAPES = {"smol": SMOL, "llama2": LLAMA2}
 
 # Published usable context of LLaMA models with static NTK alpha and no fine-tuning:
 # (model, alpha, usable tokens, source). docs/PLAN.md cites them in full.
@@ -30,6 +54,9 @@ PUBLISHED = [
     (LLAMA2, 2, 8192, "rentry.org/u6iic ('~8k with just an alpha value of 2')"),
 ]
 
+
+def _args(arch):
+    return dict(dims=arch["dims"], base=arch["base"], training_context=arch["training_context"])
 
 
 @pytest.mark.parametrize("arch,alpha,usable,source", PUBLISHED)
@@ -52,50 +79,194 @@ def test_criterion_over_all_published_results():
     assert plan.alpha_for_context(8192, **_args(LLAMA2)) == pytest.approx(2.5, abs=0.1)
 
 
-def _args(arch):
-    return dict(dims=arch["dims"], base=arch["base"], training_context=arch["training_context"])
+@pytest.mark.parametrize("shape,target", sorted(HAND))
+def test_criterion_against_hand_derived_values(shape, target):
+    d_extra, alpha = HAND[shape, target]
+    arch = SHAPES[shape]
+    assert plan.critical_dims(arch["dims"], arch["base"], arch["training_context"]) == d_extra
+    assert plan.alpha_for_context(target, **_args(arch)) == pytest.approx(alpha, rel=1e-6)
+    # the base it gives: b * alpha^(d/(d-2)) = b * (T/L0)^(d/d_extra), e.g. 1e5 * 2^1.6 = 303143
+    s = RopeScaling(method="ntk", alpha=alpha, dims=arch["dims"], base=arch["base"])
+    assert s.ntk_base == pytest.approx(arch["base"] * (target / arch["training_context"]) ** (arch["dims"] / d_extra),
+                                       rel=1e-6)
+    assert plan.supported_context(s, arch["training_context"]) == pytest.approx(target, abs=1)
 
 
 @pytest.mark.parametrize("target", [8193, 12000, 16384, 32768, 131072])
-def test_recommendation_is_the_smallest_alpha_keeping_every_pair_in_distribution(target):
-    rec = plan.recommend(target, **SMOL)
-    s = rec.scaling
-    assert s.method == "ntk"
-    assert s.alpha == plan.alpha_for_context(target, 64, 1e5, 8192)
-    assert rec.choice.pairs_out_of_distribution == 0
-    assert plan.supported_context(s, 8192) >= target - 1  # floor of a float product
-    # one percent less alpha puts the critical pair out of distribution
+def test_criterion_alpha_is_the_smallest_keeping_every_pair_in_distribution(target):
+    s = plan.scaling_for("ntk", target, **SMOL)
+    rows = plan.pair_rows(s, 8192, target)
+    assert all(r["in_distribution"] for r in rows)
+    # one percent less alpha puts the critical pair (pair 20, hand-derived above) out of distribution
     smaller = s.replace(alpha=1 + (s.alpha - 1) * 0.99)
-    rows = plan.pair_rows(smaller, 8192, target)
-    out = [r["pair"] for r in rows if not r["in_distribution"]]
-    assert out and out[0] == rec.critical_dims // 2
-
-
-def test_within_the_training_context_nothing_is_needed():
-    rec = plan.recommend(8192, **SMOL)
-    assert rec.scaling.method == "none"
-    assert all(o.pairs_out_of_distribution == 0 for o in rec.options)
-
-
-def test_options_tell_what_each_method_does():
-    rec = plan.recommend(32768, **SMOL)
-    by = {o.scaling.method: o for o in rec.options}
-    assert tuple(by) == plan.COMPARED
-    assert by["none"].pairs_out_of_distribution == 64 // 2 - rec.critical_dims // 2
-    for m in ("linear", "ntk", "dynamic", "yarn"):
-        assert by[m].pairs_out_of_distribution == 0, m
-        assert by[m].supported_context == 32768, m
-    # only Dynamic NTK leaves inputs within the training context as they were
-    assert {m for m, o in by.items() if o.short_inputs_unchanged} == {"none", "dynamic"}
-    assert by["linear"].scaling.factor == by["yarn"].scaling.factor == by["dynamic"].scaling.factor == 4
+    out = [r["pair"] for r in plan.pair_rows(smaller, 8192, target) if not r["in_distribution"]]
+    assert out and out[0] == 20
 
 
 def test_pair_rows_per_pair_rule():
     s = RopeScaling(method="none", **{k: SMOL[k] for k in ("dims", "base")})
     rows = plan.pair_rows(s, 8192, 16384)
     for r in rows:
+        # wavelength 2pi * b^(2i/d), straight from the definition
+        assert r["wavelength_before"] == pytest.approx(2 * math.pi * 1e5 ** (2 * r["pair"] / 64), rel=1e-12)
         assert r["turns_at_target"] == pytest.approx(2 * r["turns_in_context"])
         assert r["in_distribution"] == (r["turns_in_context"] >= 1)
+    assert sum(r["in_distribution"] for r in rows) == 20
+
+
+# --- the recommendation ---------------------------------------------------------------------------
+
+# (shape, target) -> hand-derived recommendation for llama.cpp from the file: YaRN with factor T/L0
+# and llama.cpp's default betas and temperature; runner-up static NTK with the criterion's alpha.
+PINNED = [("smol", 16384, 2.0), ("smol", 32768, 4.0), ("llama2", 8192, 2.0)]
+
+
+@pytest.mark.parametrize("shape,target,factor", PINNED)
+def test_recommendation_pinned(shape, target, factor):
+    arch = SHAPES[shape]
+    L0 = arch["training_context"]
+    scaling, reason, runner = plan.recommended_scaling(arch["dims"], arch["base"], L0, target)
+    assert scaling == RopeScaling(method="yarn", factor=factor, original_context=L0, dims=arch["dims"],
+                                  base=arch["base"])
+    assert runner.scaling.method == "ntk"
+    assert runner.scaling.alpha == pytest.approx(HAND[shape, target][1], rel=1e-6)
+    assert "rope.freq_base" in runner.when
+    # the reason quotes the measurement at the same factor (SmolLM2 on the Debian FAQ)
+    measured = {16384: ("14.43", "15.10", "+4.6%", "+2.0%", "+7.7%"),
+                32768: ("15.13", "19.93", "+31.7%", "+12.9%", "+34.5%")}[int(8192 * factor)]
+    assert f"yarn {measured[0]}, ntk {measured[1]} ({measured[2]})" in reason
+    assert f"yarn {measured[3]}, ntk {measured[4]}" in reason
+    assert "\n" not in reason
+
+
+@pytest.mark.parametrize("shape,target", sorted(HAND))
+def test_recommendation_for_a_runtime_that_reads_only_the_base(shape, target):
+    arch = SHAPES[shape]
+    scaling, reason, runner = plan.recommended_scaling(arch["dims"], arch["base"], arch["training_context"],
+                                                       target, runtime="freq_base")
+    assert scaling.method == "ntk" and scaling.alpha == pytest.approx(HAND[shape, target][1], rel=1e-6)
+    assert runner is None and "against the best, yarn" in reason
+
+
+def test_within_the_training_context_nothing_is_needed():
+    scaling, reason, runner = plan.recommended_scaling(64, 1e5, 8192, 8192)
+    assert scaling == RopeScaling(method="none", base=1e5, dims=64) and runner is None
+    assert "fit the training context" in reason
+    with pytest.raises(ValueError, match="unknown runtime"):
+        plan.recommend(16384, runtime="ollama", **SMOL)
+
+
+def _results(target: int, length: int):
+    """Every row measured at ``length`` tokens for ``target``: TARGET-LENGTH.json and the
+    calibration runs beside it (ntk-alpha-TARGET-LENGTH.json)."""
+    return [r for path in sorted(RESULTS.glob(f"*{target}-{length}.json"))
+            for r in json.loads(path.read_text())]
+
+
+@pytest.mark.parametrize("runtime", plan.RUNTIMES)
+@pytest.mark.parametrize("index", range(len(evidence.measurements())))
+def test_recommendation_within_two_percent_of_the_best_measured(index, runtime):
+    # every measurement pyntk has (SmolLM2 at 16384 and 32768 today; Gemma 3 once added), its
+    # perplexities read straight from docs/results/, not through pyntk.evidence
+    m = evidence.measurements()[index]
+    measured = {r["label"]: r for r in json.loads((ROOT / m.source).read_text())}
+    best = min(r["ppl"] for r in measured.values())
+    rec = plan.recommend(m.target, runtime=runtime, dims=m.dims, base=m.base, training_context=m.training_context)
+    mine = measured[rec.choice.label]
+    assert RopeScaling(**mine["scaling"]) == rec.scaling
+    if runtime != "freq_base":  # static NTK is all such a runtime runs: +4.6% and +31.7%
+        assert mine["ppl"] <= 1.02 * best
+
+
+@pytest.mark.parametrize("target", [16384, 32768])
+def test_serving_through_pyntk_recommends_dynamic_yarn(target):
+    # the same as yarn at the target (one measurement) and unscaled inside the training context
+    rec = plan.recommend(target, runtime="pyntk", **SMOL)
+    assert rec.choice.label == "dynamic-yarn" and rec.runner_up.label == "yarn"
+    assert rec.scaling == RopeScaling(method="yarn", factor=target / 8192, original_context=8192, dims=64, base=1e5)
+    assert "dynamic-yarn +0.0%, yarn +" in rec.reason
+    file_rec = plan.recommend(target, **SMOL)
+    assert [(runtime, pick.label) for runtime, pick in file_rec.elsewhere] == [("pyntk", "dynamic-yarn")]
+
+
+def test_evidence_is_traceable_to_docs_results():
+    ms = evidence.measurements()
+    assert ms
+    for m in ms:
+        at = {r["label"]: r for r in json.loads((ROOT / m.source).read_text())}
+        inside = {r["label"]: r for r in json.loads((ROOT / m.training_source).read_text())}
+        assert {r["ctx"] for r in at.values()} == {m.target}
+        assert {r["ctx"] for r in inside.values()} == {m.training_context}
+        for s in m.setups:
+            assert s.ppl == at[s.label]["ppl"] and s.ppl_training == inside[s.label]["ppl"], s.label
+            assert s.scaling == RopeScaling(**at[s.label]["scaling"])
+            assert s.scaling.dims == m.dims and s.scaling.base == m.base
+            # each row is pyntk's setup for the target, as the rule ranks it
+            assert s.scaling == plan.setup_for(s.label, m.target, dims=m.dims, base=m.base,
+                                               training_context=m.training_context)
+
+
+def test_plan_md_numbers_come_from_docs_results():
+    text = (ROOT / "docs" / "PLAN.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([\w-]+) \| [^|]+ \| ([\d.]+) \| ([^|]+) \| ([\d.]+) \| ([^|]+) \|$", text, re.M)
+    assert len(rows) >= 10
+    for target, label, ppl, excess, inside, cost in rows:
+        at = {r["label"]: r for r in _results(int(target), int(target))}
+        within = {r["label"]: r for r in _results(int(target), 8192)}
+        best = min(r["ppl"] for r in at.values())
+        assert float(ppl) == pytest.approx(at[label]["ppl"], abs=0.0051), (target, label)
+        assert float(inside) == pytest.approx(within[label]["ppl"], abs=0.0051), (target, label)
+        want = "best" if at[label]["ppl"] == best else f"{at[label]['ppl'] / best - 1:+.1%}"
+        assert excess.strip() == want, (target, label)
+        assert cost.strip() == f"{within[label]['ppl'] / within['none']['ppl'] - 1:+.1%}", (target, label)
+
+
+def _measurement(target, ppls):
+    """A made-up measurement of a Llama-2-shaped model: {label: (ppl at target, ppl inside)}."""
+    setups = tuple(evidence.Setup(label, plan.scaling_for(label, target, **LLAMA2), *ppl)
+                   for label, ppl in ppls.items())
+    return evidence.Measurement("made-up", "a text", 128, 1e4, 4096, target, "-", "-", setups)
+
+
+def test_new_measurements_change_the_ranking(monkeypatch):
+    # Evidence is data: one more measurement where ntk is best and yarn 40% worse makes ntk's worst
+    # case (31.7% at SmolLM2 32768) smaller than yarn's, so ntk is recommended.
+    made_up = _measurement(8192, {"none": (99, 5), "linear": (30, 9), "ntk": (5.0, 5.2),
+                                  "dynamic": (9, 5), "yarn": (7.0, 5.1)})
+    real = evidence.measurements()
+    monkeypatch.setattr(evidence, "measurements", lambda: (*real, made_up))
+    rec = plan.recommend(16384, **SMOL)
+    assert rec.scaling.method == "ntk" and rec.runner_up.label == "yarn"
+    worst = {label: excess for label, excess, _ in rec.ranked}
+    assert worst["yarn"] == pytest.approx(0.4) and worst["ntk"] == pytest.approx(19.934 / 15.132125361375993 - 1)
+
+
+def test_the_criterion_guards_the_ranking(monkeypatch):
+    # Dynamic NTK measured best everywhere, but at 4x on SmolLM2's shape with a 256-token training
+    # context its alpha at the target, 4^2 - 4 + 1 = 13, is below the criterion's
+    # (4^(62/22) = 49.8): pairs go out of distribution, so yarn comes first on the pyntk runtime.
+    made_up = _measurement(16384, {"none": (99, 5), "linear": (30, 9), "ntk": (6.0, 5.2),
+                                   "dynamic": (4.0, 5), "yarn": (5.0, 5.1)})
+    monkeypatch.setattr(evidence, "measurements", lambda: (made_up,))
+    shape = dict(dims=64, base=1e5, training_context=256)
+    assert plan.recommend(1024, runtime="pyntk", **shape).scaling.method == "yarn"
+    dyn = plan.option(plan.scaling_for("dynamic", 1024, **shape), 256, 1024)
+    assert dyn.pairs_out_of_distribution > 0
+    # where Dynamic NTK stays in distribution (Llama 2 at 2x: alpha 3 >= 2.58) it is recommended
+    assert plan.recommend(8192, runtime="pyntk", **LLAMA2).scaling.method == "dynamic"
+
+
+def test_options_tell_what_each_method_does():
+    rec = plan.recommend(32768, **SMOL)
+    by = {o.scaling.method: o for o in rec.options}
+    assert tuple(by) == plan.COMPARED
+    assert by["none"].pairs_out_of_distribution == 32 - 20  # pairs 20..31 did not turn in 8192 tokens
+    for m in ("linear", "ntk", "dynamic", "yarn"):
+        assert by[m].pairs_out_of_distribution == 0, m
+        assert by[m].supported_context == 32768, m
+    # only Dynamic NTK leaves inputs within the training context as they were
+    assert {m for m, o in by.items() if o.short_inputs_unchanged} == {"none", "dynamic"}
+    assert by["linear"].scaling.factor == by["yarn"].scaling.factor == by["dynamic"].scaling.factor == 4
 
 
 def test_static_equivalent_of_dynamic_ntk():
@@ -105,7 +276,8 @@ def test_static_equivalent_of_dynamic_ntk():
     for length in (8193, 16384, 32768, 100000):
         s = plan.static_equivalent(d, length)
         assert s.method == "ntk"
-        assert s.ntk_base == pytest.approx(reference.dynamic_base(d, length), rel=1e-12)
+        # Dynamic NTK's base at L tokens: b * (s*L/L0 - (s-1))^(d/(d-2)), by hand
+        assert s.ntk_base == pytest.approx(1e5 * (4 * length / 8192 - 3) ** (64 / 62), rel=1e-12)
     static = RopeScaling(method="yarn", factor=2, original_context=8192, dims=64, base=1e5)
     assert plan.static_equivalent(static, 16384) is static
 
@@ -128,29 +300,49 @@ def test_acts_unscaled():
     d = plan.scaling_for("dynamic", 32768, **SMOL)
     assert plan.acts_unscaled(d, 8192) and not plan.acts_unscaled(d, 8193)
     assert not plan.acts_unscaled(plan.scaling_for("yarn", 32768, **SMOL), 100)
+    # the frequencies are numpy float64's, the same as the reference
+    assert reference.inv_freq(d, 8192)[0].tolist() == reference.inv_freq(plan.scaling_for("none", 1, **SMOL))[0].tolist()
+
+
+def test_plan_runs_without_the_compiled_core():
+    code = ("import sys, pyntk.plan as p; p.recommended_scaling(64, 1e5, 8192, 16384); "
+            "p.pair_rows(p.scaling_for('dynamic', 32768, dims=64, base=1e5, training_context=8192), 8192, 32768); "
+            "print('pyntk._core' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 @pytest.mark.model
 @pytest.mark.parametrize("target", [12288, 16384, 32768])
-def test_gguf_set_uses_the_same_recommendation(model_path, target):
-    info = read_original_rope(model_path)
-    rec = plan.recommend(target, dims=info.dims, base=info.base, training_context=info.original_context)
-    assert plan_target(info, ctx=target).scaling == rec.scaling
+def test_gguf_set_writes_the_same_recommendation(model_path, target):
+    info = read_original(model_path)
+    scaling, _, _ = plan.recommended_scaling(info.dims, info.base, info.original_context, target)
+    assert plan_target(info, ctx=target).scaling == scaling
 
 
 @pytest.mark.model
 def test_plan_command(model_path, tmp_path):
     data = json.loads(run("plan", model_path, "--ctx", 16384, "--json", check=0).stdout)
-    assert data["recommended"]["method"] == "ntk"
-    assert data["recommended"]["scaling"]["alpha"] == pytest.approx(plan.alpha_for_context(16384, 64, 1e5, 8192))
+    assert data["recommended"]["scaling"] == RopeScaling(method="yarn", factor=2, original_context=8192,
+                                                         dims=64, base=1e5).to_dict()
+    assert data["runner_up"]["method"] == "ntk"
+    assert data["runner_up"]["scaling"]["alpha"] == pytest.approx(2.928171, rel=1e-6)
     assert data["critical_dims"] == 40 and len(data["pairs"]) == 32
     assert all(p["in_distribution"] for p in data["pairs"])
-    assert data["apply"].endswith("--ctx 16384")
+    assert shlex.split(data["apply"]) == ["pyntk", "gguf-set", str(model_path), "--method", "yarn",
+                                          "--factor", "2", "--ctx", "16384"]
+    assert data["evidence"]["source"] == "docs/results/16384-16384.json"
     png = tmp_path / "spectrum.png"
     out = run("plan", model_path, "--ctx", 16384, "--plot", png, check=0).stdout
-    assert "recommended: ntk alpha=2.928" in out and "critical dimension 40 of 64" in out
+    assert "recommended: yarn factor=2 original_context=8192" in out and "critical dimension 40 of 64" in out
+    # its cost inside the training context is shown beside it
+    assert "inside the training context (8192): yarn +2.0%, ntk +7.7%" in out
+    assert "runner-up: ntk alpha=2.92817" in out and "rope.freq_base" in out
     assert "in distribution" in out and "NO" not in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = run("plan", model_path, "--ctx", 16384, "--runtime", "freq_base", check=0).stdout
+    # the exact alpha goes to gguf-set, not the 6 digits shown
+    assert "recommended: ntk alpha=2.92817" in out and "--alpha 2.928171391891251 --ctx 16384" in out
 
 
 @pytest.mark.model
@@ -160,6 +352,8 @@ def test_plan_errors_are_one_line(model_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = run("plan", model_path, "--ctx", 16384, "--text", "book.txt")
     assert proc.returncode != 0 and "only read by --measure" in proc.stderr
+    proc = run("plan", model_path, "--ctx", 16384, "--budget", "5")
+    assert proc.returncode != 0 and "--budget limits --measure" in proc.stderr
     proc = run("plan", "/nonexistent.gguf", "--ctx", 16384)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ from tinymodels import write_model
 
 from pyntk import PyntkError, forward, verify
 from pyntk.cli import main
-from pyntk.gguf_edit import read_rope
+from pyntk.llamacpp import read as read_view
 from pyntk.scaling import RopeScaling
 
 pytest.importorskip("llama_cpp")
@@ -53,7 +53,7 @@ def models(tmp_path_factory):
 
 
 def check(path, name):
-    case = {c[0]: c for c in scalings(read_rope(path))}[name]
+    case = {c[0]: c for c in scalings(read_view(path))}[name]
     report = verify.verify(path, case[1], reference=case[2])
     assert report.passed == case[3], report
     return report
@@ -141,10 +141,10 @@ def test_llama_cpp_refuses_a_gap_in_a_sequence(models):
             session.decode([3], [5])
 
 
-def test_llama_kwargs():
+def test_llama_kwargs(models, tmp_path):
     from pyntk.llama import llama_kwargs
 
-    info = SimpleNamespace(arch="llama", attn_factor=1.0)  # the fields llama_kwargs reads
+    info = read_view(models["F32"])
     yarn = llama_kwargs(RopeScaling("yarn", factor=4, original_context=2048), info)
     assert yarn["rope_scaling_type"] == 2 and yarn["rope_freq_scale"] == 0.25
     assert yarn["yarn_orig_ctx"] == 2048 and "kv_overrides" not in yarn
@@ -154,7 +154,8 @@ def test_llama_kwargs():
     ntk = llama_kwargs(RopeScaling("ntk", alpha=4), info)
     assert ntk["rope_freq_base"] == pytest.approx(RopeScaling("ntk", alpha=4).ntk_base)
     # a file's own attn_factor would multiply any other method's cos and sin in llama.cpp
-    linear = llama_kwargs(RopeScaling("linear", factor=2), SimpleNamespace(arch="llama", attn_factor=1.2))
+    own = read_view(write_model(tmp_path / "attn.gguf", attn_factor=1.2))
+    linear = llama_kwargs(RopeScaling("linear", factor=2), own)
     assert linear["kv_overrides"] == {"llama.rope.scaling.attn_factor": 1.0}
     with pytest.raises(PyntkError, match="no runtime setting"):
         llama_kwargs(RopeScaling("dynamic", factor=2, original_context=2048), info)
@@ -177,12 +178,20 @@ def test_cli_json_and_exit_status(models, capsys, monkeypatch):
 
 
 def test_cli_errors_are_one_line(models, tmp_path, capsys):
-    from ggufs import write_model as write_gguf
+    from gguf import GGUFWriter
 
-    qwen = write_gguf(tmp_path / "qwen.gguf", "qwen2", complete=True)
-    assert main(["verify", str(qwen)]) == 1
-    assert capsys.readouterr().err == ("pyntk: error: " f"{qwen}: architecture 'qwen2' is not supported "
-                                       "by pyntk's reference forward pass (supported: llama)\n")
+    other = tmp_path / "starcoder2.gguf"
+    w = GGUFWriter(str(other), "starcoder2")
+    for add, value in ((w.add_context_length, 4096), (w.add_embedding_length, 64), (w.add_head_count, 4),
+                       (w.add_block_count, 1)):
+        add(value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    assert main(["verify", str(other)]) == 1
+    assert capsys.readouterr().err == (
+        "pyntk: error: " f"{other}: architecture 'starcoder2' is not supported by pyntk's reference forward "
+        "pass (supported: llama, qwen2, qwen3, gemma3, phi3)\n")
     path = str(models["F32"])
     assert main(["verify", path, "--tokens", "300"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
@@ -201,3 +210,38 @@ def test_kernel_check(models, capsys):
         assert data["pyntk_vs_exact"] < data["ggml_vs_exact"]  # pyntk's angles are double
     assert main(["verify", path, "--kernel"]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+GEMMA_EDITS = {"unscaled": ([], "none, base 1e+06"), "ntk": (["--alpha", "4"], "none, base 4.04"),
+               "yarn": (["--method", "yarn", "--factor", "2"], "yarn factor=2 original_context=32768"),
+               "linear": (["--method", "linear", "--factor", "2"], "linear factor=2")}
+
+
+@pytest.mark.gemma
+@pytest.mark.parametrize("edit", GEMMA_EDITS)
+def test_gemma3_passes_its_own_settings_after_gguf_set(gemma_path, tmp_path, capsys, edit):
+    import shutil
+
+    args, describes = GEMMA_EDITS[edit]
+    path = gemma_path
+    if args:
+        path = tmp_path / gemma_path.name
+        shutil.copy(gemma_path, path)
+        assert main(["gguf-set", *args, "--yes", str(path)]) == 0
+        capsys.readouterr()
+    report = verify.verify(path)
+    assert report.passed and report.file_settings, report
+    assert report.scaling.startswith(describes)  # ntk: the new base 4.04e6 (alpha 4, d 256)
+    assert report.layers.startswith("3 of 18 layers run it; 15 sliding-window layers (window 512 "
+                                    "tokens) keep base 10000, unscaled")
+    assert report.rounding == "Q8_0, Q8_K"  # Q5_0/Q8_0 and Q4_K/Q6_K matrices
+
+
+@pytest.mark.gemma
+@pytest.mark.parametrize("factor", [1.01, 0.99])
+def test_gemma3_fails_a_1_percent_wrong_base(gemma_path, factor):
+    claimed = RopeScaling(base=1e6, dims=256)
+    report = verify.verify(gemma_path, claimed.replace(base=1e6 * factor), reference=claimed)
+    assert not report.passed, report
+    # the neighbour llama.cpp actually ran is closer to it than the claim is
+    assert report.neighbours[f"base x{factor:g}"]["kl"] < 0.5 * report.measured.kl

@@ -15,7 +15,7 @@ A case passes when it ends in a PyntkError (from the CLI: one `pyntk: error:` li
 with the input byte-identical, or in a correct result: the intended values read back, the tensor
 infos and data unchanged, and gguf-reset then gives back the original keys. No case may leave a
 temporary file, take longer than CASE_SECONDS, or read a file differently with the layout hint than
-without it. tests/test_fuzz_gguf_edit.py runs a quick, derandomized set of the same cases; the
+without it. tests/test_fuzz_pyntk/edit.py and pyntk/writer.py runs a quick, derandomized set of the same cases; the
 result of a long run is in docs/HARDENING.md.
 """
 
@@ -48,18 +48,11 @@ from hypothesis import strategies as st  # noqa: E402
 
 from pyntk.cli import main as cli_main  # noqa: E402
 from pyntk.errors import PyntkError  # noqa: E402
-from pyntk.gguf_edit import (  # noqa: E402
-    LAYOUT_KEY,
-    RECORD_PREFIX,
-    TEMP_MARK,
-    apply,
-    managed_keys,
-    plan_reset,
-    plan_set,
-    read_original_rope,
-    read_record,
-    read_rope,
-)
+from pyntk.edit import plan_reset, plan_set  # noqa: E402
+from pyntk.llamacpp import file_key_types  # noqa: E402
+from pyntk.llamacpp import read as read_view  # noqa: E402
+from pyntk.record import LAYOUT_KEY, RECORD_PREFIX, read_original, read_record  # noqa: E402
+from pyntk.writer import TEMP_MARK, apply  # noqa: E402
 from pyntk.gguf_file import GGUFFile, encode_value  # noqa: E402
 
 T = GGUFValueType
@@ -199,7 +192,7 @@ def _interesting(parts: Parts) -> List[str]:
     keys = [k for k in parts.keys() if isinstance(k, str)]
     arch = next((v[8:].decode(errors="replace") for k, t, v in parts.entries
                  if k == "general.architecture" and t == T.STRING), "llama")
-    wanted = list(managed_keys(arch)) + [f"{arch}.rope.dimension_count", f"{arch}.rope.scaling.attn_factor",
+    wanted = list(file_key_types(arch)) + [f"{arch}.rope.dimension_count", f"{arch}.rope.scaling.attn_factor",
                                         f"{arch}.rope.scaling.finetuned", f"{arch}.rope.freq_base_swa",
                                         f"{arch}.attention.head_count", f"{arch}.embedding_length",
                                         "general.architecture", "general.alignment"]
@@ -312,8 +305,8 @@ def time_limit(seconds: float):
 def _is_parameter_error(exc: ValueError) -> bool:
     """Raised by plan_target's own checks or by RopeScaling's (gguf-set's options do not fit)."""
     frames = traceback.extract_tb(exc.__traceback__)
-    return frames[-1].name == "plan_target" or (frames[-1].filename.endswith("scaling.py")
-                                                and any(f.name == "plan_target" for f in frames))
+    return (any(f.name == "plan_target" for f in frames)
+            and frames[-1].filename.endswith(("target.py", "scaling.py", "llamacpp.py")))
 
 
 def attempt(call: Callable[[], Any], *, parameters: bool = False):
@@ -349,7 +342,7 @@ def check_read(path: Path, blob: bytes) -> None:
             assert (tensors_of(hinted), hinted.data_offset) == (tensors_of(full), full.data_offset)
         else:
             assert hinted.partial, f"the hinted parse read a file the full parse refuses: {full_error}"
-        for read in (read_rope, read_original_rope, read_record):
+        for read in (read_view, read_original, read_record):
             got = attempt(lambda: read(hinted))
             if full is not None:  # everything pyntk reads lies before the point where the hint stopped
                 expected = attempt(lambda: read(full))
@@ -370,10 +363,11 @@ def check_result(plan, written: Path, blob: bytes) -> None:
     old = plan.gguf
     assert tensors_of(new) == tensors_of(old), "tensor infos changed"
     assert raw[new.data_offset:] == blob[old.data_offset:], "tensor data changed"
-    info, t = read_rope(new), plan.target
+    info, t = read_view(new), plan.target
     got = (info.context_length, info.base, info.scaling_type, info.factor, info.original_context)
-    assert got == (t.context, t.freq_base, t.scaling_type, t.factor, t.original_context), got
-    assert _without_path(read_original_rope(new)) == _without_path(plan.original), "originals changed"
+    r = t.rope
+    assert got == (t.context, r.freq_base, r.scaling_type, r.factor, r.original_context), got
+    assert _without_path(read_original(new)) == _without_path(plan.original), "originals changed"
     if plan.in_place and written == Path(plan.source):
         assert len(raw) == len(blob)
         pos = 0
@@ -395,7 +389,7 @@ def check_reset(written: Path, blob: bytes, original_entries, original_info) -> 
     g = GGUFFile(str(written))
     raw = written.read_bytes()
     assert not [k for k in g.entries if k.startswith(RECORD_PREFIX)], "pyntk keys left after reset"
-    assert _without_path(read_rope(g)) == original_info, "reset did not restore the original values"
+    assert _without_path(read_view(g)) == original_info, "reset did not restore the original values"
     if original_entries is not None:
         assert entries_of(g, raw) == original_entries, "reset did not restore the original key/values"
 
@@ -477,7 +471,7 @@ def _run(draw, op: str, path: Path, output: Optional[Path], blob: bytes) -> str:
         info = _without_path(plan.original)
         if op == "reset":
             new = GGUFFile(str(written), layout_key=LAYOUT_KEY)
-            assert _without_path(read_rope(new)) == info
+            assert _without_path(read_view(new)) == info
             assert not [k for k in new.entries if k.startswith(RECORD_PREFIX)]
             assert written.read_bytes()[new.data_offset:] == blob[plan.gguf.data_offset:]
             return "reset"
@@ -503,12 +497,13 @@ def _run(draw, op: str, path: Path, output: Optional[Path], blob: bytes) -> str:
     new = GGUFFile(str(written), layout_key=LAYOUT_KEY)
     assert tensors_of(new) == tensors_of(before), "tensor infos changed"
     assert written.read_bytes()[new.data_offset:] == blob[before.data_offset:], "tensor data changed"
-    info = read_rope(new)
+    info = read_view(new)
     if op == "cli-set":
         t = report["target"]
+        r = t["llama_cpp"]
         assert (info.context_length, info.base, info.scaling_type, info.factor) == \
-            (t["context"], t["freq_base"], t["scaling_type"], t["factor"])
-        assert read_original_rope(new).context_length == report["original"]["context_length"]
+            (t["context"], r["freq_base"], r["scaling_type"], r["factor"])
+        assert read_original(new).context_length == report["original"]["context_length"]
     else:
         assert not [k for k in new.entries if k.startswith(RECORD_PREFIX)]
         assert info.context_length == report["original"]["context_length"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Produce docs/RESULTS.md: perplexity of SmolLM2-135M (8k training context) extended to 16k and
 32k on a real English text (the Debian FAQ, tools/fetch_text.py), none vs linear vs ntk vs dynamic
-vs yarn, with a table and a plot per target and what the numbers show.
+vs yarn, and dynamic-yarn (YaRN set up for each window's length, as `pyntk serve` runs it), with a
+table and a plot per target and what the numbers show.
 
 Long: a 32k window costs about a quarter of an hour per method on 2 cores. Every (target, length)
 is saved to docs/results/ (kept in the repository, so no machine's loss loses a measurement) as
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from fetch_model import fetch as fetch_model  # noqa: E402
 from fetch_text import fetch as fetch_text  # noqa: E402
 
-from pyntk.llama import Model  # noqa: E402
+from pyntk.llama import DynamicPolicy, Model  # noqa: E402
 from pyntk.perplexity import (Candidate, Result, describe_windows, evaluate,  # noqa: E402
                               format_ppl, plan_windows, plot)
 from pyntk.plan import COMPARED, scaling_for  # noqa: E402
@@ -39,6 +40,8 @@ from pyntk.scaling import RopeScaling  # noqa: E402
 log = logging.getLogger("make_results")
 DOCS = ROOT / "docs"
 CACHE = DOCS / "results"
+DYNAMIC_YARN = "dynamic-yarn"
+LABELS = COMPARED + (DYNAMIC_YARN,)
 
 
 def lengths_for(target: int, training: int) -> List[int]:
@@ -50,11 +53,21 @@ def lengths_for(target: int, training: int) -> List[int]:
     return out
 
 
-def _load(path: Path) -> List[Result]:
-    if not path.exists():
-        return []
-    return [Result(r["label"], RopeScaling(**r["scaling"]), r["ctx"], r["ppl"], r["nll"], r["tokens_scored"],
-                   r["windows"], r["seconds"]) for r in json.loads(path.read_text())]
+def _load(path: Path) -> List[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _result(r: dict) -> Result:
+    return Result(r["label"], RopeScaling(**r["scaling"]), r["ctx"], r["ppl"], r["nll"], r["tokens_scored"],
+                  r["windows"], r["seconds"], r.get("dynamic"))
+
+
+def candidate(label: str, target: int, info) -> Candidate:
+    common = dict(dims=info.dims, base=info.base, training_context=info.original_context)
+    if label == DYNAMIC_YARN:
+        policy = DynamicPolicy("yarn", info.base, info.dims, info.original_context, target)
+        return Candidate(label, policy.scaling, policy)
+    return Candidate(label, scaling_for(label, target, **common))
 
 
 def measure(model: Model, tokens, target: int, n: int, may_start) -> List[Result]:
@@ -62,29 +75,34 @@ def measure(model: Model, tokens, target: int, n: int, may_start) -> List[Result
     measured. ``may_start()`` says whether another measurement may begin (the time budget)."""
     from tqdm import tqdm
 
-    info = model.info
-    common = dict(dims=info.dims, base=info.base, training_context=info.original_context)
     path = CACHE / f"{target}-{n}.json"
-    results = _load(path)
-    for method in COMPARED:
-        if any(r.label == method for r in results):
+    saved = _load(path)  # written back as read (notes included), new entries appended
+    results = [_result(r) for r in saved]
+    for label in LABELS:
+        if any(r.label == label for r in results):
             continue
-        cand = Candidate(method, scaling_for(method, target, **common))
-        # a method that runs exactly like one already measured (Dynamic NTK within L0) reuses it
-        same = [r for r in results if model.runs_as(r.scaling, n) == model.runs_as(cand.scaling, n)]
+        cand = candidate(label, target, model.info)
+        # a method that runs exactly like one already measured reuses it: Dynamic NTK within L0;
+        # dynamic-yarn within L0 (unscaled) and at the target (yarn set up for it)
+        same = [r for r in results if model.runs_as(r.scaling, n) == model.runs_as(cand.at(n), n)]
         if same:
-            got = dataclasses.replace(same[0], label=method, scaling=cand.scaling, seconds=0.0)
+            got = dataclasses.replace(same[0], label=label, scaling=cand.at(n), seconds=0.0,
+                                      dynamic=cand.policy.describe() if cand.policy else None)
+            entry = {**got.to_dict(), "note": f"the {same[0].label} row's measurement, reused: the "
+                                              f"same llama.cpp settings at this length"}
         elif may_start():
             _, windows = plan_windows(len(tokens), [n], target)
-            log.info("target %d, length %d, %s: %d window(s)", target, n, method, windows[n])
-            with tqdm(total=n * windows[n], unit="tok", desc=f"{target}/{n}/{method}", file=sys.stderr,
+            log.info("target %d, length %d, %s: %d window(s)", target, n, label, windows[n])
+            with tqdm(total=n * windows[n], unit="tok", desc=f"{target}/{n}/{label}", file=sys.stderr,
                       disable=not sys.stderr.isatty()) as bar:
                 (got,) = evaluate(model, tokens, [n], [cand], span=target, progress=bar.update)
+            entry = got.to_dict()
         else:
             continue
         results.append(got)
+        saved.append(entry)
         CACHE.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps([r.to_dict() for r in results], indent=1))
+        path.write_text(json.dumps(saved, indent=1))
     return results
 
 
@@ -92,7 +110,7 @@ def markdown_table(results: List[Result]) -> str:
     lengths = sorted({r.ctx for r in results})
     labels = list(dict.fromkeys(r.label for r in results))
     cell = {(r.label, r.ctx): r.ppl for r in results}
-    summary = {r.label: r.scaling.describe() for r in results}
+    summary = {r.label: r.parameters() for r in results}
     lines = ["| method | parameters | " + " | ".join(str(n) for n in lengths) + " |",
              "|---|---|" + "---:|" * len(lengths)]
     for label in labels:
@@ -130,12 +148,39 @@ def findings(results: List[Result], training: int, target: int) -> List[str]:
                  for label in dict.fromkeys(r.label for r in results)
                  if label != "none" and (label, n) in ppl]
         out.append(f"Within the training context ({n} tokens), relative to unscaled: " + ", ".join(costs)
-                   + ". Dynamic NTK runs these lengths unscaled, so its cost is zero by construction.")
+                   + ". Dynamic NTK and dynamic YaRN run these lengths unscaled, so their cost is zero "
+                   "by construction.")
     if ("ntk", target) in ppl and ("yarn", target) in ppl:
         diff = 100 * (ppl[("ntk", target)] / ppl[("yarn", target)] - 1)
         out.append(f"At the target ({target}), static NTK with the criterion's alpha is {diff:+.1f}% "
                    f"against YaRN with factor {target / training:g}.")
-    return out
+    return out + dynamic_yarn_findings(results)
+
+
+def dynamic_yarn_findings(results: List[Result]) -> List[str]:
+    """Where each dynamic-yarn cell comes from, and how it compares with the best other row (the
+    goal: no worse than 1% anywhere, which no static setup achieves)."""
+    dyn = sorted((r for r in results if r.label == DYNAMIC_YARN), key=lambda r: r.ctx)
+    if not dyn:
+        return []
+    sources, versus, worst = [], [], -100.0
+    for r in dyn:
+        others = [o for o in results if o.ctx == r.ctx and o.label != DYNAMIC_YARN]
+        twin = next((o.label for o in others if o.scaling == r.scaling), None)
+        sources.append(f"at {r.ctx} it runs {r.scaling.describe()}, "
+                       + (f"the {twin} row's setup: the same measurement" if twin
+                          else "which no other row runs: measured for it"))
+        if others:
+            best = min(others, key=lambda o: o.ppl)
+            diff = 100 * (r.ppl / best.ppl - 1)
+            worst = max(worst, diff)
+            versus.append(f"{r.ctx} {diff:+.1f}% ({best.label} {best.ppl:.3f})")
+    verdict = "within 1% of the best or better at every length" if worst <= 1.0 else \
+        f"up to {worst:+.1f}% worse than the best somewhere"
+    return ["Where the dynamic-yarn row comes from (every window is a request of its own length): "
+            + "; ".join(sources) + ".",
+            "Dynamic YaRN against the best other row at each length: " + ", ".join(versus)
+            + f": {verdict}."]
 
 
 def write_results(model_path: Path, text_path: Path, text_tokens: int, training: int,
@@ -155,6 +200,13 @@ def write_results(model_path: Path, text_path: Path, text_tokens: int, training:
         f"(written by the FAQ's authors, not by us; table of contents dropped), {text_tokens} tokens",
         "- every method is set up once for the target context: linear, dynamic and yarn with "
         "factor target/8192, ntk with the alpha `pyntk plan` recommends (docs/PLAN.md)",
+        "- dynamic-yarn is YaRN scaled dynamically, as `pyntk serve` and `pyntk.llama.Dynamic` run "
+        "it: a request of L tokens runs unscaled when L fits the 8192-token training context and "
+        "otherwise with YaRN set up for its length bucket B (L rounded up to a multiple of 256), "
+        "factor B/8192. Every window here is such a request, so a window of 8192 tokens runs "
+        "exactly as the none row and a window of the target length exactly as the yarn row "
+        "(factor target/8192): those cells are the same measurements, reused, and only the "
+        "lengths in between are measured for it (the findings under each table say which)",
         "- lower is better; the best value at each length is in bold",
         "",
         "How it is measured (`pyntk ppl`, pyntk/perplexity.py): for each target the text's first "
@@ -225,7 +277,7 @@ def main() -> int:
             allowed = may_start if only is None or n in only else (lambda: False)
             got = measure(model, tokens, target, n, allowed)
             results += got
-            absent = [m for m in COMPARED if m not in {r.label for r in got}]
+            absent = [m for m in LABELS if m not in {r.label for r in got}]
             if absent:
                 missing.append(f"target {target}, length {n}: {', '.join(absent)}")
         if results:

@@ -26,7 +26,7 @@ LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:check_initialization_order=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 tests=(tests/test_scaling.py tests/test_freqs.py)
-for t in tests/test_rotate.py tests/test_fuzz_core.py; do [ -f "$t" ] && tests+=("$t"); done
+for t in tests/test_rotate.py tests/test_fuzz_core.py tests/test_core_safety.py; do [ -f "$t" ] && tests+=("$t"); done
 # -P: do not put the source tree first on sys.path; import the sanitized build.
 "$VENV/bin/python" -P -c "import pyntk._core as c, sys; print('sanitized core:', c.__file__, file=sys.stderr)"
 exec "$VENV/bin/python" -P -m pytest -p no:cacheprovider -q "${tests[@]}" "$@"

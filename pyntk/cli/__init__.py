@@ -1,16 +1,18 @@
-"""`pyntk` command line: one module per subcommand, each with add_parser(sub) and run(args)."""
+"""`pyntk` command line: one module per subcommand, each with add_parser(sub) and run(args).
+
+This module imports nothing at its top that Python has not loaded already: start-up (argparse,
+every subcommand's module, gguf, numpy) happens inside main(), so a Ctrl-C at any moment of it
+gives the one-line error, never a traceback.
+"""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-from .. import __version__
-from ..errors import PyntkError
-from ._common import fail
+if TYPE_CHECKING:
+    import argparse
 
 # Subcommand name -> module in this package; the order is the order of `pyntk --help`.
 COMMANDS = {
@@ -22,10 +24,16 @@ COMMANDS = {
     "plan": "plan",
     "ppl": "ppl",
     "verify": "verify",
+    "serve": "serve",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="pyntk",
         description=(
@@ -41,7 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fail(message: str, code: int = 1) -> int:
+    """One line on stderr, non-zero exit code; the message names the problem and the fix."""
+    print(f"pyntk: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:  # a command that writes says in the message whether the file changed
+        return fail(str(e) or "interrupted", code=130)
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    from ..errors import PyntkError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -49,8 +72,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return args.run(args) or 0
-    except KeyboardInterrupt:
-        return fail("interrupted", code=130)
     except BrokenPipeError:  # `pyntk freqs ... | head`
         sys.stderr.close()
         return 0

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Optional
 
 from ..errors import PyntkError
 from ..scaling import METHODS, RopeScaling, method_help
-
-
-def fail(message: str, code: int = 1) -> int:
-    """One line on stderr, non-zero exit code; the message names the problem and the fix."""
-    print(f"pyntk: error: {message}", file=sys.stderr)
-    return code
 
 
 def log(message: str) -> None:
@@ -53,6 +48,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def scale_parameter(text: str) -> float:
+    """--alpha and --factor: one rule for every bad number (0, 0.5, -1, nan, inf), checked by argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (1 means no scaling), got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -77,12 +83,12 @@ def add_scaling_options(parser: argparse.ArgumentParser) -> None:
     """--method/--alpha/--factor and the YaRN knobs, shared by every subcommand."""
     g = parser.add_argument_group("scaling (see the methods below)")
     g.add_argument("--method", choices=list(METHODS), metavar="METHOD",
-                   help="scaling method; default: ntk with --alpha, linear with --factor")
-    g.add_argument("--alpha", type=positive_float,
+                   help="scaling method; ntk when only --alpha is given; --factor needs it")
+    g.add_argument("--alpha", type=scale_parameter,
                    help="static NTK alpha (>= 1): the base becomes base*alpha^(d/(d-2)); "
                         "alpha is NOT the context multiplier, the usable context is shorter")
-    g.add_argument("--factor", type=positive_float,
-                   help="scale factor s = target context / training context (>= 1)")
+    g.add_argument("--factor", type=scale_parameter,
+                   help="scale factor s = target context / training context (>= 1), with --method")
     g.add_argument("--beta-fast", type=positive_float,
                    help="yarn/ntk-by-parts: pairs turning more than this many times over the "
                         "training context are kept (default 32)")
@@ -96,8 +102,11 @@ def scaling_from_args(args: argparse.Namespace, *, base: float, dims: int,
                       original_context: Optional[int]) -> RopeScaling:
     """The RopeScaling the options describe; a ValueError names any option that does not fit."""
     method = args.method
+    if method is None and args.factor is not None:
+        from ..target import factor_needs_method
+        raise ValueError(factor_needs_method([m for m in METHODS if m not in ("none", "ntk")]))
     if method is None:
-        method = "ntk" if args.alpha is not None else ("linear" if args.factor is not None else "none")
+        method = "ntk" if args.alpha is not None else "none"
     if method == "ntk" and args.alpha is None:
         raise ValueError("--method ntk needs --alpha (e.g. --alpha 4)")
     if method not in ("none", "ntk") and args.factor is None:

@@ -7,7 +7,11 @@ import os
 import shlex
 import textwrap
 
-from ..gguf_edit import plan_target, read_original_rope, runtime_settings
+from .. import llamacpp
+from ..edit import layer_notes
+from ..errors import PyntkError
+from ..record import read_original
+from ..target import beyond_measured, plan_target
 from ._common import (
     METHODS_EPILOG,
     add_command,
@@ -31,33 +35,53 @@ def add_parser(sub, name: str) -> None:
     p.epilog = METHODS_EPILOG
     p.add_argument("model", help="path of a .gguf file")
     p.add_argument("--ctx", type=positive_int, metavar="N",
-                   help="target context in tokens: derive the parameters from it (default method ntk)")
+                   help="target context in tokens: alone, what `pyntk plan` recommends for it; with "
+                        "--method, that method set up for it")
     p.add_argument("--base", type=positive_float, metavar="B", help="explicit new rope base (static NTK)")
     add_scaling_options(p)
+    p.add_argument("--force", action="store_true", help="print the settings even beyond 64x the training context")
     add_json(p)
 
 
 def run(args) -> int:
-    original = read_original_rope(args.model)
+    original = read_original(args.model)
     target = plan_target(original, method=args.method, alpha=args.alpha, factor=args.factor,
-                         ctx=args.ctx, base=args.base)
-    knobs = {k: getattr(args, k) for k in ("beta_fast", "beta_slow", "attn_factor")}
-    if any(v is not None for v in knobs.values()) and target.scaling.method != "yarn":
-        raise ValueError("--beta-fast, --beta-slow and --attn-factor apply to --method yarn only")
-    settings = runtime_settings(target, original.arch, **knobs)
+                         ctx=args.ctx, base=args.base, force=args.force)
+    knobs = {k: getattr(args, k) for k in ("beta_fast", "beta_slow", "attn_factor") if getattr(args, k) is not None}
+    rope = target.rope
+    if knobs:
+        if target.scaling.method not in ("yarn", "ntk-by-parts"):
+            raise ValueError("--beta-fast, --beta-slow and --attn-factor apply to --method yarn "
+                             "(and the betas to ntk-by-parts) only")
+        scaling = target.scaling.replace(**knobs)
+        rope = llamacpp.with_context(llamacpp.to_llama(scaling), original)
+    else:
+        scaling = target.scaling
+    arch, ctx = original.arch, target.context
+    try:
+        override = llamacpp.override_kv(rope, arch, ctx)
+    except PyntkError:  # betas other than llama.cpp's defaults have no file key
+        override = None
+    settings = {"llama_cpp_flags": llamacpp.cli_flags(rope, arch, ctx), "override_kv": override,
+                "llama_cpp_python": llamacpp.python_kwargs(rope, arch, ctx),
+                "ggml_rope_ext": llamacpp.ggml_args(rope, original.dims)}
+    beyond = beyond_measured(target)
+    notes = ([f"--force: {beyond}"] if beyond else []) + layer_notes(original, target)
     if args.json:
-        print_json({"file": args.model, "arch": original.arch, "target": target.to_dict(), **settings})
+        print_json({"file": args.model, "arch": arch, "target": {**target.to_dict(), "llama_cpp": rope.to_dict()},
+                    "notes": notes, **settings})
         return 0
     name = os.path.basename(args.model)
-    print(f"# {name} ({original.arch}): {target.scaling.describe()}, "
-          f"context {original.original_context} -> {target.context}")
+    print(f"# {name} ({arch}): {scaling.describe()}, context {original.original_context} -> {ctx}")
     print("# the file is not changed; these apply the same scaling at run time")
+    for note in notes:
+        print(f"# note: {note}")
     print()
     print("llama-cli / llama-server:")
     print("  " + shlex.join(settings["llama_cpp_flags"]))
     print()
     print("--override-kv form (the values gguf-set would write):")
-    print("  " + shlex.join(settings["override_kv"]))
+    print("  " + (shlex.join(override) if override else "(none: llama.cpp has no file key for these betas)"))
     print()
     print("llama-cpp-python (keyword arguments of llama_cpp.Llama):")
     print("  " + json.dumps(settings["llama_cpp_python"]))

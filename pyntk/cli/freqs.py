@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..gguf_edit import read_rope
+from ..llamacpp import read as read_view
 from ..spectrum import pair_table, status_counts
 from ._common import (METHODS_EPILOG, add_command, add_json, add_scaling_options, positive_float,
                       positive_int, print_json, scaling_from_args)
@@ -29,7 +29,7 @@ def add_parser(sub, name: str) -> None:
 def run(args) -> int:
     dims, base, ctx = args.dims, args.base, args.ctx
     if args.model:
-        info = read_rope(args.model)
+        info = read_view(args.model)
         dims = dims or info.dims
         base = base or info.base
         ctx = ctx or info.original_context

@@ -8,12 +8,15 @@ with no runtime flags. The original values stay inside the file; gguf-reset puts
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import textwrap
 
-from .. import gguf_edit
+from ..edit import EditPlan, plan_reset, plan_set
 from ..errors import PyntkError
-from ..gguf_edit import EditPlan, apply, check_writable, f32_text, plan_reset, plan_set
+from ..llamacpp import f32_text
+from ..record import RECORD_PREFIX
+from ..writer import apply, check_writable, human_size, is_applied
 from ._common import (
     METHODS_EPILOG,
     add_command,
@@ -28,10 +31,14 @@ from ._common import (
 SET_EXAMPLES = """
 examples:
   pyntk gguf-set --alpha 4 model.gguf          static NTK, context raised to what alpha 4 supports
-  pyntk gguf-set --ctx 32768 model.gguf        the smallest NTK alpha that reaches 32768 tokens
+  pyntk gguf-set --ctx 32768 model.gguf        what `pyntk plan` recommends for 32768 tokens
   pyntk gguf-set --method yarn --factor 4 model.gguf
+  pyntk gguf-set --method ntk-by-parts --factor 4 model.gguf   YaRN's frequencies, no temperature
   pyntk gguf-set --alpha 4 --dry-run model.gguf   show what would change, write nothing
   pyntk gguf-reset model.gguf                  back to the original values
+
+hard links: only the path named is edited; a file with other hard links is rewritten, so this path
+gets a file of its own (disk space for a copy) and the other links keep the old content.
 """
 
 
@@ -41,7 +48,9 @@ def add_parser(sub, name: str) -> None:
             sub, name, run_reset, help="undo gguf-set: restore a model's original RoPE and context values",
             description=textwrap.fill(
                 "Restore every RoPE and context value pyntk gguf-set changed, exactly as it was (type "
-                "and bytes), and remove pyntk's keys. llama.cpp then loads the model as before.", 100),
+                "and bytes), and remove pyntk's keys. llama.cpp then loads the model as before. As "
+                "with gguf-set, only the path named is changed: a file with other hard links is "
+                "rewritten and the other links keep their content.", 100),
         )
         p.add_argument("model", help="path of a .gguf file edited by pyntk gguf-set")
         _add_write_options(p)
@@ -56,17 +65,19 @@ def add_parser(sub, name: str) -> None:
             "the originals stay in the file for `pyntk gguf-reset`. In place (milliseconds) when every "
             "value keeps its size, else an atomic rewrite (the first edit of a file).", 100),
     )
-    p.epilog = SET_EXAMPLES + "\n" + METHODS_EPILOG + "\n(gguf-set writes none, ntk, linear and yarn: " \
+    p.epilog = SET_EXAMPLES + "\n" + METHODS_EPILOG + "\n(gguf-set writes none, ntk, linear, yarn and ntk-by-parts: " \
         "the methods llama.cpp can apply from the file)"
     p.add_argument("model", help="path of a .gguf file")
     p.add_argument("--ctx", type=positive_int, metavar="N",
-                   help="target context in tokens: derive the parameters from it (default method ntk) "
-                        "and write it as the new context length")
+                   help="target context in tokens: alone, the method and parameters `pyntk plan` "
+                        "recommends for it; with --method, that method set up for it. Written as the "
+                        "new context length")
     p.add_argument("--base", type=positive_float, metavar="B",
                    help="explicit new rope base (static NTK)")
     add_scaling_options(p)
     p.add_argument("--force", action="store_true",
-                   help="also scale a model marked rope.scaling.finetuned, and overwrite an existing -o file")
+                   help="also scale a model marked rope.scaling.finetuned, or beyond 64x its training "
+                        "context, and overwrite an existing -o file")
     _add_write_options(p)
 
 
@@ -79,14 +90,27 @@ def _add_write_options(p) -> None:
 
 
 def run_set(args) -> int:
-    for option in ("beta_fast", "beta_slow", "attn_factor"):
+    for option in ("beta_fast", "beta_slow"):
         if getattr(args, option) is not None:
             flag = "--" + option.replace("_", "-")
             raise PyntkError(f"{flag} cannot be stored in the file for llama.cpp; pass it at run time "
-                             f"(`pyntk args MODEL ...` prints the flags)")
+                             f"(`{shlex.join(['pyntk', 'args', args.model, *_scaling_options(args)])}` "
+                             f"prints the flags)")
     plan = plan_set(args.model, method=args.method, alpha=args.alpha, factor=args.factor, ctx=args.ctx,
-                    base=args.base, force=args.force, output=args.output)
+                    base=args.base, attn_factor=args.attn_factor, force=args.force, output=args.output)
     return _execute(plan, args)
+
+
+def _scaling_options(args) -> list:
+    """The scaling options as typed, to repeat them in a command."""
+    out = []
+    for option in ("method", "alpha", "factor", "ctx", "base", "beta_fast", "beta_slow", "attn_factor"):
+        value = getattr(args, option)
+        if value is not None:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            out += ["--" + option.replace("_", "-"), text if isinstance(value, str) or float(text) == value
+                    else repr(value)]
+    return out
 
 
 def run_reset(args) -> int:
@@ -111,7 +135,7 @@ def _print_plan(plan: EditPlan, dry_run: bool) -> None:
         t = plan.target
         head = f"{name} ({plan.arch}): {t.scaling.describe()}"
         if t.scaling.method == "ntk":
-            head += f", written as freq_base {f32_text(t.freq_base)}"
+            head += f", written as freq_base {f32_text(t.rope.freq_base)}"
         print(head)
         why = ""
         if plan.request.get("ctx") is None and t.scaling.method != "none":
@@ -120,8 +144,8 @@ def _print_plan(plan: EditPlan, dry_run: bool) -> None:
         print(f"  context {plan.original.original_context} -> {t.context} tokens{why}")
     else:
         print(f"{name} ({plan.arch}): restore the original values")
-    shown = [c for c in plan.changes if not c.key.startswith(gguf_edit.RECORD_PREFIX)]
-    record = [c for c in plan.changes if c.key.startswith(gguf_edit.RECORD_PREFIX)]
+    shown = [c for c in plan.changes if not c.key.startswith(RECORD_PREFIX)]
+    record = [c for c in plan.changes if c.key.startswith(RECORD_PREFIX)]
     width = max([len(c.key) for c in shown] + [0])
     for c in shown:
         old = _value(c.old_value, c.old.type if c.old else None)
@@ -146,10 +170,10 @@ def _print_plan(plan: EditPlan, dry_run: bool) -> None:
         how = "in place: every changed value keeps its size (milliseconds, whatever the file size)"
     else:
         data = plan.data_bytes
-        how = (f"rewrite ({plan.reason}): metadata re-encoded, {gguf_edit._size(data)} of tensor data "
+        how = (f"rewrite ({plan.reason}): metadata re-encoded, {human_size(data)} of tensor data "
                f"copied unchanged to a temporary file, then renamed over the original")
         if plan.output != plan.source:
-            how = f"new file: metadata re-encoded, {gguf_edit._size(data)} of tensor data copied unchanged"
+            how = f"new file: metadata re-encoded, {human_size(data)} of tensor data copied unchanged"
         if plan.action == "set" and plan.output == plan.source:
             how += "; later edits of this file are in place"
     print(("would be " if dry_run else "") + how)
@@ -169,6 +193,19 @@ def _note_removed(paths) -> None:
 
 
 def _execute(plan: EditPlan, args) -> int:
+    try:
+        return _carry_out(plan, args)
+    except KeyboardInterrupt:
+        # Read back rather than track: the rename (or the in-place write) may have happened an
+        # instant before the Ctrl-C, or the edit may have finished and only its report was left.
+        if plan.nothing_to_do or args.dry_run or not is_applied(plan):
+            raise KeyboardInterrupt("interrupted: nothing changed, the original is intact") from None
+        where = shlex.quote(plan.output)
+        undo = f"; undo with: pyntk gguf-reset {where}" if plan.action == "set" else ""
+        raise KeyboardInterrupt(f"interrupted after the edit completed: {where} has the new values{undo}") from None
+
+
+def _carry_out(plan: EditPlan, args) -> int:
     if plan.output != plan.source and os.path.exists(plan.output) and not args.force:
         raise PyntkError(f"{plan.output}: already exists; choose another -o name or pass --force to overwrite it")
     if not args.dry_run and not plan.nothing_to_do:
@@ -184,7 +221,7 @@ def _execute(plan: EditPlan, args) -> int:
             data.update(applied=False, result=None)
             print_json(data)
         else:
-            print("nothing to do: the file already has these values")
+            print(f"nothing to do: {plan.reason}; nothing written")
         return 0
     if args.dry_run:
         try:
@@ -215,11 +252,13 @@ def _execute(plan: EditPlan, args) -> int:
         if bar is not None:
             bar.close()
     _note_removed(result.removed_temps)
+    for lost in result.not_kept:
+        log(f"note: the rewritten file could not keep the original's {lost}")
     if args.json:
         data.update(applied=True, result=result.to_dict())
         print_json(data)
         return 0
-    where = plan.output
+    where = shlex.quote(plan.output)
     if plan.action == "set":
         print(f"done ({result.mode}, {result.seconds * 1000:.0f} ms): llama.cpp now runs {where} with "
               f"context {plan.target.context} and no flags; undo with: pyntk gguf-reset {where}")

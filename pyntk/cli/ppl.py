@@ -9,13 +9,14 @@ import time
 from typing import List
 
 from ..errors import PyntkError
-from ..llama import Model, llama_kwargs
+from ..llama import DynamicPolicy, Model, check_runnable
 from ..perplexity import (SCORES, Candidate, describe_windows, evaluate, format_table,
                           plan_windows, plot)
-from ..plan import COMPARED, scaling_for, static_equivalent
+from ..plan import COMPARED, scaling_for
 from ._common import METHODS_EPILOG, add_command, add_json, check_plot, log, positive_int, print_json
 
 # method parameters a --method item may set, e.g. ntk:alpha=4 or yarn:factor=4:beta-fast=16
+DYNAMIC = "dynamic-"  # dynamic-yarn: yarn set up for each window's length (pyntk.llama.DynamicPolicy)
 _PARAMS = ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor")
 
 
@@ -45,7 +46,10 @@ def add_parser(sub, name: str) -> None:
         "--method none,linear,ntk,dynamic,yarn --plot ppl.png",
     )
     p.epilog = (METHODS_EPILOG + "\n\nA --method item may set parameters: ntk:alpha=4, "
-                "yarn:factor=4:beta-fast=16, dynamic:factor=2 (several items may share a method).")
+                "yarn:factor=4:beta-fast=16, dynamic:factor=2 (several items may share a method).\n"
+                "dynamic-METHOD (e.g. dynamic-yarn) scales METHOD dynamically, as `pyntk serve` does: "
+                "each window runs unscaled within the training context and, beyond it, with METHOD "
+                "set up for its own length (yarn: factor length/training context).")
     p.add_argument("model", help="path of a .gguf file")
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
     p.add_argument("--ctx", type=int_list, metavar="N,N,...",
@@ -64,12 +68,26 @@ def add_parser(sub, name: str) -> None:
     add_json(p)
 
 
-def parse_methods(text: str, target: int, info) -> List[Candidate]:
+def parse_methods(text: str, target: int, model: Model, longest: int = 0) -> List[Candidate]:
+    """--method's items, set up for ``target``; dynamic ones allow windows of ``longest`` tokens."""
+    info = model.info
     candidates = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
         method, *assignments = item.split(":")
+        if method.startswith(DYNAMIC):
+            if assignments:
+                raise ValueError(f"--method {item!r}: {method} takes no parameters (each length "
+                                 f"gets its own)")
+            try:
+                policy = DynamicPolicy(method[len(DYNAMIC):], info.base, info.dims,
+                                       info.original_context, max(target, longest))
+                check_runnable(model, policy)
+            except (ValueError, PyntkError) as e:
+                raise ValueError(f"--method {item!r}: {e}") from None
+            candidates.append(Candidate(item, policy.scaling, policy))
+            continue
         params = {}
         for a in assignments:
             key, sep, value = a.partition("=")
@@ -84,7 +102,7 @@ def parse_methods(text: str, target: int, info) -> List[Candidate]:
         try:
             scaling = scaling_for(method, target, dims=info.dims, base=info.base,
                                   training_context=info.original_context, **params)
-            llama_kwargs(static_equivalent(scaling, target), info)  # one llama.cpp can run?
+            model.runs_as(scaling, target)  # one llama.cpp can run?
         except (ValueError, PyntkError) as e:
             raise ValueError(f"--method {item!r}: {e}") from None
         candidates.append(Candidate(item, scaling))
@@ -109,7 +127,7 @@ def run(args) -> int:
     L0 = model.training_context
     lengths = args.ctx or [L0, 2 * L0]
     target = args.target or max(lengths)
-    candidates = parse_methods(args.method, target, model.info)
+    candidates = parse_methods(args.method, target, model, max(lengths))
     tokens = model.tokenize(text)
     span, windows = plan_windows(len(tokens), lengths, max(target, max(lengths)))
 

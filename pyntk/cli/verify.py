@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..gguf_edit import read_original_rope
+from ..record import read_original
 from ._common import (
     METHODS_EPILOG,
     add_command,
@@ -24,20 +24,26 @@ def add_parser(sub, name: str) -> None:
         description="Run the model in llama.cpp (llama-cpp-python) and in pyntk's independent numpy "
         "implementation with the same RoPE scaling, with query tokens thousands of positions away from "
         "the keys they attend to, and compare the logits. It passes when llama.cpp is as close to the "
-        "reference as its own rounding (8-bit matrix-product inputs, float32 angles) explains. Without "
-        "scaling options the file's own settings are checked; with them, that scaling is applied at run "
-        "time (computed from the model's original values). Exit status 1 when the check fails. "
-        "Thresholds: docs/VERIFY.md.\n\n"
+        "reference as its own rounding (8-bit matrix-product inputs, float32 angles) explains, and "
+        "closer to the scaling than to the same with its base 1% lower or higher. Without scaling "
+        "options the file's own settings are checked; with them, that scaling is applied at run time "
+        "(computed from the model's original values). Architectures: llama (Llama 1-3.x, Mistral 7B), "
+        "qwen2, qwen3, gemma3 (sliding-window layers keep their own base), phi3 (LongRoPE). Exit "
+        "status 1 when the check fails. Thresholds: docs/VERIFY.md.\n\n"
         "example: pyntk verify model.gguf --method yarn --factor 4",
     )
     p.epilog = METHODS_EPILOG
-    p.add_argument("model", help="path of a .gguf file (llama architecture)")
+    p.add_argument("model", help="path of a .gguf file (llama, qwen2, qwen3, gemma3 or phi3 architecture)")
     p.add_argument("--tokens", type=positive_int, default=32, metavar="N",
                    help="query tokens whose logits are compared, 1..255 (default 32)")
     p.add_argument("--position", type=positive_int, metavar="P",
                    help="farthest query position; the queries spread over P/4..P "
                         "(default twice the context the scaling targets)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
+    p.add_argument("--ctx", type=positive_int, metavar="N",
+                   help="llama.cpp's context size for the check (default: just the tokens compared); it "
+                        "decides which LongRoPE factors llama.cpp applies (Phi-3: the long ones above the "
+                        "file's original context)")
     p.add_argument("--kernel", action="store_true",
                    help="instead: compare pyntk's rotation kernel with llama.cpp's (libggml) for this "
                         "scaling, on random heads shaped like the model's")
@@ -49,7 +55,7 @@ def _override(args):
     if all(getattr(args, o) is None for o in ("method", "alpha", "factor", "beta_fast", "beta_slow",
                                               "attn_factor")):
         return None
-    original = read_original_rope(args.model)
+    original = read_original(args.model)
     return scaling_from_args(args, base=original.base, dims=original.dims,
                              original_context=original.original_context)
 
@@ -71,7 +77,8 @@ def run(args) -> int:
     if not args.json:
         log("running the model in llama.cpp and in the numpy reference ...")
     start = time.perf_counter()
-    report = verify.verify(args.model, scaling, tokens=args.tokens, position=args.position, seed=args.seed)
+    report = verify.verify(args.model, scaling, tokens=args.tokens, position=args.position, seed=args.seed,
+                           context=args.ctx)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -84,7 +91,7 @@ def _print_report(r, seconds: float) -> None:
     source = "the file's own rope settings" if r.file_settings else "set at run time"
     print(f"model            {os.path.basename(r.path)}")
     print(f"llama.cpp ran    {r.scaling} ({source})")
-    print(f"reference        {r.reference}")
+    print(f"reference        {r.reference} ({r.mode} mode): {r.layers}")
     print(f"tokens           {r.tokens} queries at positions {r.positions[0]}..{r.positions[1]}, "
           f"each attending to {r.context_tokens} tokens at 0..{r.context_tokens - 1}")
     print(f"matmul inputs    rounded to {r.rounding} by llama.cpp")
@@ -93,6 +100,9 @@ def _print_report(r, seconds: float) -> None:
     print(f"{'KL nats/token':17}{m.kl:>12.4g}{n.kl:>12.4g}{t['kl']:>12.4g}")
     print(f"{'max |dlogit|':17}{m.max_abs:>12.4g}{n.max_abs:>12.4g}{'-':>12}")
     print(f"{'top-1 agreement':17}{m.top1:>12.1%}{n.top1:>12.1%}{'-':>12}")
+    for name, nb in r.neighbours.items():
+        note = "" if nb["resolved"] else "  (not told apart from the claim here: not counted)"
+        print(f"{'KL, ' + name:17}{nb['kl']:>12.4g}{'':>12}{'> ' + format(m.kl, '.4g'):>12}{note}")
     if r.passed:
         print(f"PASS: llama.cpp computes {r.reference} within its own rounding ({seconds:.1f} s)")
     else:
