@@ -65,3 +65,12 @@ def test_ntk_by_parts_is_refused_for_window_layers_it_would_damage(gemma, capsys
     rc, _, err = cli(capsys, "gguf-set", "--method", "ntk-by-parts", "--factor", "2", "--yes", gemma)
     assert rc != 0 and "sliding-window layers would be damaged" in err and "--method yarn" in err
     assert ggufs.file_hash(gemma) == before
+
+
+def test_plan_counts_only_the_global_layers(gemma_path, capsys):
+    rc, out, _ = cli(capsys, "plan", gemma_path, "--ctx", "65536", "--json")
+    rows = json.loads(out)["pairs"]
+    assert rc == 0 and len(rows) == 128 and all(r["layers"] == GLOBAL_LAYERS for r in rows)
+    rc, out, _ = cli(capsys, "plan", gemma_path, "--ctx", "65536")
+    assert "15 of 18 layers are sliding-window layers (window 512 tokens)" in out
+    assert "for the 3 global layers (5, 11, 17)" in out

