@@ -12,6 +12,10 @@ because the high-level ``Llama`` class numbers positions itself. A Session's KV 
 and its flash attention off, so attention runs in float32 and the only rounding beyond float32 is
 the one llama.cpp's matrix products do by design (see docs/VERIFY.md); a Context uses llama.cpp's
 defaults (float16 cache), as users run it.
+
+Over 500 lines: every object that holds llama.cpp handles lives here so one loader and one
+context builder serve all; the next seam to cut is dynamic scaling (DynamicPolicy, Dynamic) into a
+module of its own.
 """
 
 from __future__ import annotations

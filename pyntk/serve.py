@@ -161,12 +161,14 @@ class _Text:
 
 class _Job:
     """One request's generation, run in a worker thread; its events reach the event loop through a
-    queue: ("text", str), then ("end", finish_reason, completion_tokens) or ("error", message)."""
+    queue: ("text", str), then ("end", finish_reason, completion_tokens) or ("error", message).
+    A whole (not streamed) response gets its text in one event at the end."""
 
     def __init__(self, server: "Server", rid: int, prompt: List[int], max_tokens: int,
-                 sampling: dict, stop: List[str]) -> None:
+                 sampling: dict, stop: List[str], stream: bool) -> None:
         self.server, self.rid, self.prompt = server, rid, prompt
         self.max_tokens, self.sampling, self.stop = max_tokens, sampling, stop
+        self.stream, self._held = stream, []
         self.cancel = threading.Event()
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -178,32 +180,40 @@ class _Job:
         except RuntimeError:  # the event loop is gone: nobody is listening any more
             pass
 
+    def _text(self, text: str, last: bool = False) -> None:
+        """A streamed response gets its text as it comes; a whole one once, at the end, so that
+        the event loop is not woken for every token."""
+        self._held.append(text)
+        if self.stream or last:
+            if any(self._held):
+                self._put("text", "".join(self._held))
+            self._held.clear()
+
     def _stopped(self) -> bool:
         return self.cancel.is_set() or self.server.stopping.is_set()
 
     def _run(self) -> None:
-        dyn, n, finish = self.server.dyn, 0, "length"
+        dyn, n, finish = self.server.dyn, 0, "cancelled"
         length = len(self.prompt) + self.max_tokens
-        t0 = time.perf_counter()
+        t0 = t1 = time.perf_counter()
         try:
             with dyn.acquire(length, give_up=self.cancel) as ctx:
                 text = _Text(self.stop)
                 tokens = dyn.tokens(ctx, self.prompt, self.max_tokens, stop=self._stopped, **self.sampling)
+                hit = False  # a stop string ended the text (it is not sent)
                 with closing(tokens):
                     for token in tokens:
                         n += 1
+                        if n == 1:
+                            t1 = time.perf_counter()  # the prompt is processed
                         piece, hit = text.add(dyn.piece(token))
-                        if piece:
-                            self._put("text", piece)
+                        self._text(piece)
                         if hit:
-                            finish = "stop"  # at a stop string, which is not sent
                             break
-                    else:  # max_tokens reached, an end-of-generation token, or stopped
-                        finish = ("cancelled" if self._stopped() else
-                                  "length" if n == self.max_tokens else "stop")
-                        rest = text.flush()
-                        if rest and finish != "cancelled":
-                            self._put("text", rest)
+                finish = ("stop" if hit else "cancelled" if self._stopped() else
+                          "length" if n == self.max_tokens else "stop")  # else an end token
+                if finish != "cancelled":
+                    self._text("" if hit else text.flush(), last=True)  # what was held back
         except Cancelled:
             finish = "cancelled"
         except Exception as e:  # a failure inside llama.cpp: the client gets one line, the log more
@@ -212,13 +222,14 @@ class _Job:
             return
         finally:
             self.server._jobs.pop(self.rid, None)
-        seconds = time.perf_counter() - t0
+        t2 = time.perf_counter()
         if finish == "cancelled":
             why = "server stopping" if self.server.stopping.is_set() else "client gone"
             log.info("#%d cancelled after %d tokens (%s); its context is free", self.rid, n, why)
         else:
-            log.info("#%d done: %d tokens in %.2f s (%.1f tokens/s), finish %s", self.rid, n, seconds,
-                     n / seconds if seconds else 0.0, finish)
+            log.info("#%d done, finish %s: prompt %d tokens in %.2f s, then %d tokens in %.2f s "
+                     "(%.1f tokens/s)", self.rid, finish, len(self.prompt), t1 - t0, n, t2 - t1,
+                     (n - 1) / (t2 - t1) if n > 1 else 0.0)
         self._put("end", finish, n)
 
     async def events(self, request: Optional[Request] = None):
@@ -279,8 +290,8 @@ class Server:
         log.info("#%d %s: %d tokens (%d prompt + %d to generate) -> bucket %d, rope %s", rid, path,
                  p + max_tokens, p, max_tokens, n, dyn.scaling_for(n).describe())
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        job = _Job(self, rid, prompt, max_tokens, dict(temperature=body.temperature,
-                                                       top_p=body.top_p, seed=body.seed), stop)
+        sampling = dict(temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+        job = _Job(self, rid, prompt, max_tokens, sampling, stop, body.stream)
         self._jobs[rid] = job
         job.thread.start()
         return job

@@ -212,8 +212,8 @@ def test_ppl_dynamic_yarn_is_yarn_set_up_for_each_window(model_path, rng):
                                        [Candidate("dynamic-yarn", policy.scaling, policy)])
     static = {n: RopeScaling(method="yarn", base=1e5, dims=64, factor=n / 64, original_context=64)
               for n in (128, 256)}
-    (none64,) = evaluate(model, tokens, [64], [Candidate("none", RopeScaling(method="none", base=1e5, dims=64))],
-                         span=256)
+    plain = RopeScaling(method="none", base=1e5, dims=64)
+    (none64,) = evaluate(model, tokens, [64], [Candidate("none", plain)], span=256)
     (yarn128,) = evaluate(model, tokens, [128], [Candidate("yarn", static[128])], span=256)
     (yarn256,) = evaluate(model, tokens, [256], [Candidate("yarn", static[256])])
     assert (dyn64.ppl, dyn128.ppl, dyn256.ppl) == (none64.ppl, yarn128.ppl, yarn256.ppl)

@@ -17,6 +17,9 @@ infos and data unchanged, and gguf-reset then gives back the original keys. No c
 temporary file, take longer than CASE_SECONDS, or read a file differently with the layout hint than
 without it. tests/test_fuzz_pyntk/edit.py and pyntk/writer.py runs a quick, derandomized set of the same cases; the
 result of a long run is in docs/HARDENING.md.
+
+A developer script, long on purpose: the corruptions, the operations and their checks are one
+fuzzer, shared by tests/test_fuzz_gguf_edit.py.
 """
 
 from __future__ import annotations
