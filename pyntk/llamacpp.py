@@ -33,6 +33,10 @@ DEFAULT_TYPE = "linear"  # model.cpp load_hparams: std::string rope_scaling("lin
 SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 DEFAULT_BETA_FAST, DEFAULT_BETA_SLOW = 32.0, 1.0  # llama-hparams.h yarn_beta_fast / yarn_beta_slow
 CTX_PAD = 256  # llama-context.cpp pads n_ctx up to a multiple of this
+# per-pair frequency divisors llama.cpp applies on top of any scaling (model.cpp get_rope_factors):
+# rope_freqs on every layer (Llama 3.1 style); LongRoPE's long or short tensor by context (Phi-3)
+ROPE_FREQS = "rope_freqs.weight"
+LONGROPE = ("rope_factors_long.weight", "rope_factors_short.weight")
 
 # Architectures that encode positions without RoPE (llama_model_rope_type() returns NONE).
 NO_ROPE_ARCHS = frozenset({
@@ -336,7 +340,7 @@ class LayerRope:
     dims: int  # n_rot (n_rot_swa on window layers)
     freq_base: float
     freq_scale: float
-    factors: Optional[str] = None  # name of the per-pair factor tensor applied on top
+    factors: Optional[str] = None  # name of the per-pair divisor tensor applied on top
 
 
 @dataclass(frozen=True)
@@ -377,15 +381,32 @@ class RopeView:
         return LlamaRope(self.scaling_type, f32(self.base), f32(self.factor), self.original_context,
                          f32(self.attn_factor))
 
-    def layer_ropes(self, rope: Optional[LlamaRope] = None, *, in_file: bool = False) -> List[LayerRope]:
+    def factors(self, n_ctx: Optional[int] = None) -> Optional[str]:
+        """The per-pair divisor tensor llama.cpp applies to every layer (model.cpp
+        get_rope_factors): rope_freqs if present; else LongRoPE's long tensor iff the per-sequence
+        context ``n_ctx``, padded up to a multiple of 256, exceeds the file's
+        rope.scaling.original_context_length (the runtime yarn_orig_ctx does not enter), the short
+        one otherwise."""
+        if self.rope_freqs:
+            return ROPE_FREQS
+        if not self.longrope:
+            return None
+        if n_ctx is None:
+            raise ValueError("LongRoPE's factors depend on the context: pass n_ctx")
+        n_ctx_seq = -(-max(n_ctx, 1) // CTX_PAD) * CTX_PAD
+        return LONGROPE[0] if n_ctx_seq > self.original_context else LONGROPE[1]
+
+    def layer_ropes(self, rope: Optional[LlamaRope] = None, *, in_file: bool = False,
+                    n_ctx: Optional[int] = None) -> List[LayerRope]:
         """Each layer's rope when llama.cpp runs ``rope`` (default: the file's own), given at run
-        time or, with ``in_file``, written into the file: window layers follow their
-        architecture's WindowRule (model.cpp get_rope_freq_base / get_rope_freq_scale)."""
+        time or, with ``in_file``, written into the file, with ``n_ctx`` cells (needed only to
+        pick LongRoPE's factors): window layers follow their architecture's WindowRule
+        (model.cpp get_rope_freq_base / get_rope_freq_scale)."""
         own = self.rope()
         rope = rope or own
         rule = WINDOW_RULES.get(self.arch)
         loaded = rope if in_file else own  # what hparams hold: the file's values as loaded
-        factors = "rope_freqs" if self.rope_freqs else None
+        factors = self.factors(n_ctx) if n_ctx is not None or not self.longrope else None
         out = []
         for il in range(self.layers):
             if il not in self.window_layers:
@@ -396,6 +417,23 @@ class RopeView:
             scale = {"one": 1.0, "file": loaded.freq_scale, "runtime": rope.freq_scale}[rule.scale]
             out.append(LayerRope(il, True, self.dims_swa or self.dims, f32(base), scale, factors))
         return out
+
+    def scaling_besides_factors(self) -> RopeScaling:
+        """The scaling llama.cpp applies to the global layers with no runtime flags, besides the
+        per-pair factor tensors (:meth:`factors`).
+
+        :meth:`scaling` except for LongRoPE files (Phi-3 128k), which that refuses: those carry no
+        scaling type (llama.cpp's default "linear" with no factor: scale 1, no YaRN) and
+        rope.scaling.attn_factor, which multiplies cos/sin of every layer. That is YaRN with factor
+        1 in pyntk's terms, as :meth:`scaling` already says for a file with only an attn_factor.
+        """
+        if not self.longrope or self.rope_freqs:
+            return self.scaling()
+        if self.scaling_type not in ("linear", "longrope") or self.factor != 1.0:
+            raise PyntkError(f"{self.path}: LongRoPE factors together with rope.scaling.type "
+                             f"{self.scaling_type} factor {self.factor:g}, which pyntk does not model")
+        return scaling_of(replace(self.rope(), scaling_type="none"),
+                          replace(self, scaling_type="none", longrope=False))
 
     def scaling(self) -> RopeScaling:
         """The scaling llama.cpp applies to the global layers with no runtime flags."""
@@ -565,8 +603,8 @@ def read(source) -> RopeView:
         window_layers=window_layers,
         base_swa=base_swa,
         dims_swa=_whole(path, "rope.dimension_count_swa", dims_swa) if dims_swa is not None else None,
-        rope_freqs="rope_freqs.weight" in tensors,
-        longrope=bool({"rope_factors_long.weight", "rope_factors_short.weight"} & tensors),
+        rope_freqs=ROPE_FREQS in tensors,
+        longrope=bool(set(LONGROPE) & tensors),
         yarn_keys=tuple(key(t, arch) for t in _YARN_KEYS.get(arch, ()) if gguf.value(key(t, arch)) is not None),
         defaulted=tuple(defaulted),
     )

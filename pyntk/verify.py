@@ -326,7 +326,7 @@ def verify_kernel(path, scaling: Optional[RopeScaling] = None, *, tokens: int = 
 
     info = preflight(path, None, tokens, position)
     mode = info.mode
-    s = scaling or forward.file_scaling(info)
+    s = scaling or info.scaling_besides_factors()
     position = position or default_position(s, info)
     positions = make_layout(1, tokens, position).positions  # the positions verify() uses
     heads = info.head_count or 1

@@ -170,7 +170,7 @@ def test_phi3_longrope_factors_follow_the_context(q8):
     assert claimed.attn_factor == pytest.approx(1.1)
     layout = verify.make_layout(512, 16, 8192)
     for cells, factors in ((1024, "rope_factors_short.weight"), (1025, "rope_factors_long.weight")):
-        assert forward.longrope_factors(model.rope, cells) == factors
+        assert model.rope.factors(cells) == factors
         llama = verify.llama_logits(path, None, layout, n_ctx=cells)
         runs = {}
         for assumed in (1024, 1025):

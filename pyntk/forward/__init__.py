@@ -21,8 +21,8 @@ error of ggml's float32 angles. It does not make the reference more right; it me
 those errors move the logits, which is how much llama.cpp may differ from the exact result.
 """
 
-from .model import ARCHS, Model, file_scaling, load, longrope_factors
+from .model import ARCHS, Model, load
 from .numerics import float32_angle_error, input_rounding, one_blas_thread, round_input
 
-__all__ = ["ARCHS", "Model", "file_scaling", "float32_angle_error", "input_rounding", "load",
-           "longrope_factors", "one_blas_thread", "round_input"]
+__all__ = ["ARCHS", "Model", "float32_angle_error", "input_rounding", "load", "one_blas_thread",
+           "round_input"]

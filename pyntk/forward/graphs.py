@@ -20,9 +20,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
+from ..llamacpp import LONGROPE, ROPE_FREQS
+
 # optional per-layer tensors every graph built on create_tensor_qkv accepts (model.cpp)
 QKV_BIASES = ("attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_qkv.bias")
-LONGROPE = ("rope_factors_long.weight", "rope_factors_short.weight")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ GRAPHS: Dict[str, Graph] = {g.arch: g for g in (
     # biases on the output projection and the feed-forward; rope_freqs or LongRoPE factor tensors
     Graph("llama", "silu", _head, optional=QKV_BIASES + (
         "attn_output.bias", "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"),
-          factor_tensors=("rope_freqs.weight",) + LONGROPE),
+          factor_tensors=(ROPE_FREQS,) + LONGROPE),
     # models/qwen2.cpp: as llama; q/k/v biases (optional), an optional output bias
     Graph("qwen2", "silu", _head, output_bias=True),
     # models/qwen3.cpp: q/k RMSNorm per head before RoPE, no biases but the generic optional ones

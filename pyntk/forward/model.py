@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,12 +20,12 @@ from gguf import Keys
 
 from ..errors import PyntkError
 from ..gguf_file import GGUFFile
-from ..llamacpp import CTX_PAD, LayerRope, RopeView, scaling_of, to_llama
+from ..llamacpp import LayerRope, RopeView, to_llama
 from ..llamacpp import read as read_view
 from ..reference import inv_freq
 from ..scaling import RopeScaling
 from . import numerics as nx
-from .graphs import GRAPHS, LONGROPE, Graph
+from .graphs import GRAPHS, Graph
 from .weights import Weights
 
 ARCHS = tuple(GRAPHS)
@@ -53,32 +53,6 @@ class LayerRotation:
     scaling: RopeScaling  # its angles (and YaRN's temperature)
     multiplier: float  # on cos and sin besides YaRN's temperature
     factors: Optional[str]  # name of the per-pair divisor tensor applied on top
-
-
-def file_scaling(view: RopeView) -> RopeScaling:
-    """The scaling llama.cpp applies to the global layers with no runtime flags.
-
-    RopeView.scaling() except for LongRoPE files (Phi-3 128k), which it refuses: those carry no
-    scaling type (llama.cpp's default "linear" with no factor: scale 1, no YaRN) and
-    rope.scaling.attn_factor, which multiplies cos/sin of every layer, with per-pair factor tensors
-    on top (longrope_factors). That is YaRN with factor 1 in pyntk's terms, as RopeView.scaling()
-    already says for a file with only an attn_factor.
-    """
-    if not view.longrope or view.rope_freqs:
-        return view.scaling()
-    if view.scaling_type not in ("linear", "longrope") or view.factor != 1.0:
-        raise PyntkError(f"{view.path}: LongRoPE factors together with rope.scaling.type "
-                         f"{view.scaling_type} factor {view.factor:g}, which pyntk does not model")
-    return scaling_of(replace(view.rope(), scaling_type="none"),
-                      replace(view, scaling_type="none", longrope=False))
-
-
-def longrope_factors(view: RopeView, n_ctx: int) -> str:
-    """Which LongRoPE factor tensor llama.cpp applies (model.cpp get_rope_factors): the long one
-    iff the per-sequence context, padded up to a multiple of 256, exceeds the file's
-    rope.scaling.original_context_length (the runtime yarn_orig_ctx does not enter)."""
-    n_ctx_seq = -(-max(n_ctx, 1) // CTX_PAD) * CTX_PAD
-    return LONGROPE[0] if n_ctx_seq > view.original_context else LONGROPE[1]
 
 
 def window_rotation(scaling: RopeScaling, layer: LayerRope, factors: Optional[str]) -> LayerRotation:
@@ -151,7 +125,7 @@ class Model:
         return sorted({nx.input_rounding(self.weights.type(n)) or "none (F32)" for n in names})
 
     def file_scaling(self) -> RopeScaling:
-        return file_scaling(self.rope)
+        return self.rope.scaling_besides_factors()
 
     def rotations(self, scaling: RopeScaling, n_ctx: int) -> List[LayerRotation]:
         """Each layer's RoPE for ``scaling`` on the global layers, with the per-layer rules of
@@ -160,19 +134,17 @@ class Model:
         if scaling.dims != view.dims:
             raise PyntkError(f"the scaling rotates {scaling.dims} dims but {self.path} rotates "
                              f"{view.dims} (rope.dimension_count)")
-        layers = {r.index: r for r in view.layer_ropes(to_llama(scaling))}
-        longrope = longrope_factors(view, n_ctx) if view.longrope and not view.rope_freqs else None
+        layers = {r.index: r for r in view.layer_ropes(to_llama(scaling), n_ctx=n_ctx)}
         out = []
         for il in range(self.n_layer):
             layer = layers.get(il)
             if layer is None:
                 raise PyntkError(f"{self.path}: layer {il} has no RoPE in llama.cpp, which pyntk's "
                                  f"reference does not model")
-            factors = longrope or (layer.factors and f"{layer.factors}.weight")
             if layer.window:
-                out.append(window_rotation(scaling, layer, factors))
+                out.append(window_rotation(scaling, layer, layer.factors))
             else:
-                out.append(LayerRotation(scaling, 1.0, factors))
+                out.append(LayerRotation(scaling, 1.0, layer.factors))
         return out
 
     def logits(self, tokens, positions, scaling: Optional[RopeScaling] = None,
