@@ -65,9 +65,10 @@ class WindowRule:
 
     period/dense_first: without ARCH.attention.sliding_window_pattern, layer il is a window layer
     when il % period < period - 1 (dense_first: il % period != 0); a per-layer array in that key wins.
-    base: "own" = rope.freq_base_swa, else llama-hparams.h's 10000; "file" = the file's
-    rope.freq_base as loaded (a gguf-set edit reaches them, runtime flags do not); "runtime" = the
-    context's base like the global layers. scale: "one", "file" or "runtime" likewise.
+    base: "own" = rope.freq_base_swa, else llama-hparams.h's 10000; "file" = rope.freq_base_swa
+    if the file has it, else the file's rope.freq_base as loaded (a gguf-set edit reaches them,
+    runtime flags do not); "runtime" = the context's base like the global layers. scale: "one",
+    "file" or "runtime" likewise.
     """
 
     period: int
@@ -413,7 +414,8 @@ class RopeView:
                 if rule is None or rule.global_rope:
                     out.append(LayerRope(il, False, self.dims, rope.freq_base, rope.freq_scale, factors))
                 continue
-            base = {"own": self.base_swa, "file": loaded.freq_base, "runtime": rope.freq_base}[rule.base]
+            base = {"own": self.base_swa, "file": self.base_swa or loaded.freq_base,
+                    "runtime": rope.freq_base}[rule.base]
             scale = {"one": 1.0, "file": loaded.freq_scale, "runtime": rope.freq_scale}[rule.scale]
             out.append(LayerRope(il, True, self.dims_swa or self.dims, f32(base), scale, factors))
         return out
@@ -569,12 +571,13 @@ def read(source) -> RopeView:
     base_swa = None
     if rule is not None and (window or not rule.needs_window):
         window_layers = _window_layers(gguf, arch, rule, layers)
-        if rule.base == "own":
+        if rule.base != "runtime":  # gemma2/gpt-oss read the key too, defaulting to the file's base
             base_swa = gguf.value(key(Keys.Rope.FREQ_BASE_SWA, arch))
-            if base_swa is None:
+            if base_swa is None and rule.base == "own":
                 defaulted.append(key(Keys.Rope.FREQ_BASE_SWA, arch))
                 base_swa = DEFAULT_BASE_SWA
-            base_swa = _number(path, "rope.freq_base_swa", base_swa)
+            if base_swa is not None:
+                base_swa = _number(path, "rope.freq_base_swa", base_swa)
     finetuned = bool(get(Keys.Rope.SCALING_FINETUNED, arch in _ROPE_SWITCH_ARCHS))
     if arch in _ROPE_SWITCH_ARCHS:
         if not finetuned:

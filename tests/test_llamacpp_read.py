@@ -53,6 +53,10 @@ def test_gemma2_window_layers_follow_the_file_base_not_the_runtime(tmp_path):
     at_runtime = view.layer_ropes(ntk)
     assert {la.freq_base for la in in_file} == {ntk.freq_base}
     assert [la.freq_base for la in at_runtime] == [1e4, ntk.freq_base, 1e4, ntk.freq_base]
+    # ... unless the file has rope.freq_base_swa (read with the file's base as its default)
+    own = read(write(tmp_path, "gemma2", n_layer=4, **{"gemma2.rope.freq_base_swa": 5e5}))
+    assert [la.freq_base for la in own.layer_ropes(ntk, in_file=True)] == [5e5, ntk.freq_base] * 2
+    assert own.base_swa == 5e5 and "gemma2.rope.freq_base_swa" not in own.defaulted
 
 
 def test_cohere2_ropes_only_its_window_layers(tmp_path):
