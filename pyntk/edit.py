@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from gguf import GGUFValueType, Keys
+from gguf import GGUFValueType
 
 from . import llamacpp
 from .errors import PyntkError
@@ -237,28 +237,10 @@ def plan_set(path, *, method: Optional[str] = None, alpha: Optional[float] = Non
     return _plan_set(GGUFFile(source, layout_key=LAYOUT_KEY), source, request)
 
 
-def layer_notes(original: RopeView, target: Target) -> List[str]:
-    """What llama.cpp does beyond the global layers' values, said once for gguf-set and args."""
-    notes = []
-    arch = original.arch
-    if original.has_sliding_window:
-        layers = original.layer_ropes(target.rope, in_file=True)
-        window = [layer for layer in layers if layer.window]
-        kept = [layer for layer in window if (layer.freq_base, layer.freq_scale)
-                != (target.rope.freq_base, target.rope.freq_scale)]
-        n, total, size = len(original.window_layers), original.layers, original.sliding_window
-        if kept and original.base_swa is not None:
-            swa_key = llamacpp.key(Keys.Rope.FREQ_BASE_SWA, arch)
-            where = "llama.cpp's default" if swa_key in original.defaulted else swa_key
-            notes.append(f"{arch} has sliding-window layers ({n} of {total}, window {size}): llama.cpp keeps "
-                         f"their rope base {original.base_swa:g} ({where}) and scale 1 whatever the scaling, "
-                         f"so only the global layers change ({total - n} of {total})")
-        elif kept:
-            notes.append(f"{arch} has sliding-window layers ({n} of {total}): llama.cpp runs them with base "
-                         f"{kept[0].freq_base:g} and scale {kept[0].freq_scale:g}, unlike the global layers")
-        else:
-            notes.append(f"{arch} has sliding-window layers ({n} of {total}): llama.cpp gives them the new "
-                         f"base and scale from the file too (a runtime flag would reach only the global layers)")
+def layer_notes(original: RopeView, target: Target, *, in_file: bool = True) -> List[str]:
+    """What llama.cpp does beyond the global layers' values, written into the file (gguf-set) or
+    given at run time (args)."""
+    notes = [note for note in [original.window_note(target.rope, in_file=in_file)] if note]
     if original.rope_freqs and target.scaling.method != "none":
         notes.append("the model has per-frequency rope factors (rope_freqs.weight, Llama 3.1 style); "
                      "llama.cpp applies them on top of the new values")

@@ -63,8 +63,8 @@ class WindowRule:
     """How llama.cpp treats an architecture's sliding-window layers (src/models/ARCH.cpp
     load_arch_hparams and graph; llama-hparams.cpp set_swa_pattern; model.cpp get_rope_freq_*).
 
-    period/dense_first: without ARCH.attention.sliding_window_pattern, layer il is a window layer
-    when il % period < period - 1 (dense_first: il % period != 0); a per-layer array in that key wins.
+    period: without ARCH.attention.sliding_window_pattern, layer il is a window layer when
+    il % period < period - 1; a per-layer array in that key wins.
     base: "own" = rope.freq_base_swa, else llama-hparams.h's 10000; "file" = rope.freq_base_swa
     if the file has it, else the file's rope.freq_base as loaded (a gguf-set edit reaches them,
     runtime flags do not); "runtime" = the context's base like the global layers. scale: "one",
@@ -72,15 +72,24 @@ class WindowRule:
     """
 
     period: int
-    dense_first: bool = False
     base: str = "own"
     scale: str = "one"
     needs_window: bool = True  # window layers only when ARCH.attention.sliding_window > 0
     global_rope: bool = True  # False: the global layers use no RoPE at all
+    window: int = 0  # n_swa when ARCH.attention.sliding_window is absent (0: no window without it)
+
+    def follows(self) -> str:
+        """Where the window layers' rope comes from, in words."""
+        if (self.base, self.scale) == ("own", "one"):
+            return "their own: no scaling reaches them, in the file or at run time"
+        if self.base == "runtime":
+            return ("the run's base and scale, as the global layers'" if self.scale == "runtime"
+                    else "the run's base, scale 1")
+        return "the file's values as loaded: a gguf-set edit reaches them, runtime flags do not"
 
 
 WINDOW_RULES = {
-    "gemma2": WindowRule(2, base="file", scale="file", needs_window=False),  # models/gemma2.cpp
+    "gemma2": WindowRule(2, base="file", scale="file", needs_window=False, window=4096),  # models/gemma2.cpp
     "gemma3": WindowRule(6),  # models/gemma3.cpp: only with sliding_window > 0
     "gemma3n": WindowRule(5, needs_window=False),  # models/gemma3n.cpp
     "cohere2": WindowRule(4, base="runtime", scale="runtime", needs_window=False,
@@ -420,6 +429,23 @@ class RopeView:
             out.append(LayerRope(il, True, self.dims_swa or self.dims, f32(base), scale, factors))
         return out
 
+    def window_note(self, rope: LlamaRope, *, in_file: bool) -> Optional[str]:
+        """What llama.cpp runs the sliding-window layers with while the global layers run ``rope``
+        (written into the file or, without ``in_file``, given at run time), in a sentence."""
+        if not self.has_sliding_window:
+            return None
+        rule = WINDOW_RULES[self.arch]
+        window = [layer for layer in self.layer_ropes(rope, in_file=in_file) if layer.window]
+        n, total = len(window), self.layers
+        text = (f"{self.arch} has sliding-window layers ({n} of {total}, window {self.sliding_window} "
+                f"tokens): llama.cpp runs them with base {f32_text(window[0].freq_base)} and scale "
+                f"{f32_text(window[0].freq_scale)}, {rule.follows()}")
+        if not rule.global_rope:
+            return text + f"; the other {total - n} layers use no RoPE"
+        if (window[0].freq_base, window[0].freq_scale) != (rope.freq_base, rope.freq_scale):
+            return text + f"; only the {total - n} global layers change"
+        return text
+
     def scaling_besides_factors(self) -> RopeScaling:
         """The scaling llama.cpp applies to the global layers with no runtime flags, besides the
         per-pair factor tensors (:meth:`factors`).
@@ -567,6 +593,9 @@ def read(source) -> RopeView:
     window = gguf.value(key(Keys.Attention.SLIDING_WINDOW, arch))
     window = window if isinstance(window, int) and not isinstance(window, bool) else None
     rule = WINDOW_RULES.get(arch)
+    if window is None and rule is not None and rule.window:  # models/gemma2.cpp: n_swa = 4096 first
+        defaulted.append(key(Keys.Attention.SLIDING_WINDOW, arch))
+        window = rule.window
     window_layers: Tuple[int, ...] = ()
     base_swa = None
     if rule is not None and (window or not rule.needs_window):
@@ -630,8 +659,6 @@ def _window_layers(gguf, arch: str, rule: WindowRule, layers: int) -> Tuple[int,
         return tuple(i for i, w in enumerate(pattern[:layers]) if w)
     if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern >= 0:
         n = pattern
-    if rule.dense_first:
-        return tuple(i for i in range(layers) if n == 0 or i % n != 0)
     return tuple(i for i in range(layers) if n == 0 or i % n < n - 1)
 
 

@@ -188,8 +188,10 @@ def layers_summary(model: forward.Model, rotations) -> str:
     """The layers' ropes in a line: which run the scaling, which keep their own (llama.cpp's
     per-layer rules), which factor tensors apply."""
     view = model.rope
-    glob = [r for i, r in enumerate(rotations) if i not in view.window_layers]
-    window = [r for i, r in enumerate(rotations) if i in view.window_layers]
+    # window layers run the scaling too where llama.cpp scales them (gemma2 after gguf-set)
+    kept = [i in view.window_layers and r.scaling.method == "none" for i, r in enumerate(rotations)]
+    glob = [r for r, k in zip(rotations, kept) if not k]
+    window = [r for r, k in zip(rotations, kept) if k]
     text = f"{len(glob)} of {len(rotations)} layers run it"
     factors = sorted({r.factors for r in glob if r.factors})
     if factors:

@@ -5,8 +5,10 @@ random-weight models (tests/tinymodels.py) that llama.cpp loads and runs:
   and assuming the other rope mode (or, for Gemma 3, another window) is far outside that;
 - `pyntk verify` passes every scaling llama.cpp can apply, and fails a 1% wrong base and the
   wrong rope mode, per architecture;
-- the per-layer rules: Gemma 3's sliding-window layers keep their base and window, Llama 3's
-  rope_freqs apply on top of any scaling, Phi-3's LongRoPE factors switch with the context.
+- the per-layer rules: Gemma 3's sliding-window layers keep their base and window, Gemma 2's
+  window (4096 when the file has none) and its window layers' scaling after `pyntk gguf-set`,
+  Llama 3's rope_freqs apply on top of any scaling, Phi-3's LongRoPE factors switch with the
+  context; Gemma 2's soft-capping of the attention scores and of the logits.
 """
 
 import numpy as np
@@ -14,8 +16,10 @@ import pytest
 from tinymodels import write_model
 
 from pyntk import PyntkError, forward, verify
+from pyntk.edit import plan_set
 from pyntk.llamacpp import read as read_view
 from pyntk.scaling import RopeScaling
+from pyntk.writer import apply
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.llama
@@ -30,6 +34,10 @@ MODELS = {
     # embeddings times sqrt(n_embd) would make tied logits one-hot
     "gemma3": dict(arch="gemma3", head_dim=128, n_head_kv=1, sliding_window=64, window_pattern=2,
                    base=1e6, tied=False),
+    # layer 0 a window layer (llama.cpp's period 2), of 4096 tokens (its default: no key), layer 1
+    # global; tied (gemma2 has no output matrix); both soft-caps at 5, where the attention scores
+    # (|s| ~4 typical, up to ~30) and the logits (~13 uncapped) are well past tanh's linear range
+    "gemma2": dict(arch="gemma2", head_dim=128, n_head_kv=2, softcap=5.0, attn_softcap=5.0),
     # fused QKV, 3/4 of each head rotated, LongRoPE factors (short below 1024 cells, long above)
     "phi3": dict(arch="phi3", rope_dims=48, original_context=1024, context=8192, attn_factor=1.1,
                  long_factors=np.linspace(1.0, 6.0, 24), short_factors=np.linspace(1.0, 1.5, 24)),
@@ -65,12 +73,13 @@ def test_matches_llama_cpp_to_float32_precision(f32, name):
     llama = llama_cpp_logits(path, tokens, positions)
     got = model.logits(tokens, positions)
     scale = np.abs(got).max()
-    # a few float32 roundings; Gemma's GELU goes through ggml's half-precision table (below)
-    tolerance = (1e-3 if name == "gemma3" else 2e-5) * scale
+    # a few float32 roundings; Gemma's GELU goes through ggml's half-precision table (below),
+    # whose error stays the same on gemma2's logits, capped to +-5
+    tolerance = {"gemma3": 1e-3, "gemma2": 2e-3}.get(name, 2e-5) * scale
     assert np.abs(llama - got).max() < tolerance
     wrong = model.logits(tokens, positions, mode=OTHER_MODE[model.rope.mode])
     assert np.abs(llama - wrong).max() > 100 * tolerance
-    if name == "gemma3":  # the reference with the table (ggml_rounding) is closer on average
+    if name.startswith("gemma"):  # the reference with the table (ggml_rounding) is closer on average
         table = model.logits(tokens, positions, ggml_rounding=True)
         assert np.abs(llama - table).mean() < 0.5 * np.abs(llama - got).mean()
 
@@ -110,9 +119,11 @@ def test_verify_passes_what_llama_cpp_applies(q8, name, method):
     path = q8[name]
     scaling = None if method == "file" else _scalings(read_view(path))[method]
     report = verify.verify(path, scaling, tokens=16)
-    if name == "gemma3" and method == "ntk-by-parts":
+    if name in ("gemma2", "gemma3") and method == "ntk-by-parts":
         # llama.cpp multiplies the window layers' cos/sin by the attn_factor that cancels YaRN's
-        # temperature on the global ones: not what ntk-by-parts means (gguf-set refuses it)
+        # temperature on the global ones: not what ntk-by-parts means (gguf-set refuses it for
+        # gemma3). Gemma 2's window layers, run at the file's scale 1 (runtime flags do not reach
+        # them), are shrunk the same way
         assert not report.passed and report.measured.kl > 2 * report.thresholds["kl"]
     else:
         assert report.passed, report
@@ -188,10 +199,93 @@ def test_refuses_what_llama_cpp_would_not_run(tmp_path):
         forward.load(write_model(tmp_path / "q.gguf", arch="qwen2", rope_dims=32))
     with pytest.raises(PyntkError, match="rope_freqs.weight.*plain qwen3"):
         forward.load(write_model(tmp_path / "q3.gguf", arch="qwen3", freq_factors=FF))
+    # models/gemma2.cpp loads no output matrix (the token embeddings are it): llama.cpp refuses
+    # a file with one as a tensor too many
+    output = {"output.weight": np.zeros((512, 256), dtype=np.float32)}
+    with pytest.raises(PyntkError, match="output.weight.*plain gemma2"):
+        forward.load(write_model(tmp_path / "g2.gguf", arch="gemma2", extra_tensors=output))
 
 
-@pytest.mark.parametrize("name", ["qwen2", "gemma3", "phi3"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma2", "gemma3", "phi3"])
 def test_kernel_check_pairs_neox_dimensions(f32, name):
     """`verify --kernel` bounds each NEOX pair (x[i], x[i + d/2]) by its own length."""
     report = verify.verify_kernel(f32[name], _scalings(read_view(f32[name]))["yarn"])
     assert report.mode == "neox" and report.passed and 0 < report.bound_ratio <= 1, report
+
+
+@pytest.mark.parametrize("caps", [(5.0, 5.0), None], ids=["at-5", "defaults"])
+def test_gemma2_soft_caps_are_llama_cpp_s(f32, tmp_path, caps):
+    """models/gemma2.cpp: the attention scores (llama-graph.cpp build_attn_mha, attn_soft_cap) and
+    the logits are soft-capped, c * tanh(s / c); without the keys at llama-hparams.h's 50 and 30
+    (the logits always, unlike gemma3). A reference without either cap is far off llama.cpp."""
+    if caps:
+        path = f32["gemma2"]
+    else:
+        path = write_model(tmp_path / "default.gguf", **{**MODELS["gemma2"], "softcap": None, "attn_softcap": None})
+    model = forward.load(path)
+    final, attn = caps or (30.0, 50.0)
+    assert (model.hp["softcap"], model.hp["attn_softcap"]) == (final, attn)
+    tokens = np.random.default_rng(1).integers(0, 512, 96)
+    positions = np.arange(96)
+    llama = llama_cpp_logits(path, tokens, positions)
+    tolerance = 2e-3 * np.abs(llama).max()
+    assert np.abs(llama - model.logits(tokens, positions)).max() < tolerance
+    for cap in ("softcap", "attn_softcap"):
+        kept, model.hp[cap] = model.hp[cap], 0.0
+        try:
+            uncapped = model.logits(tokens, positions)
+        finally:
+            model.hp[cap] = kept
+        assert np.abs(llama - uncapped).max() > 20 * tolerance, (cap, np.abs(llama - uncapped).max() / tolerance)
+
+
+def test_gemma2_window_defaults_to_4096(q8, tmp_path):
+    """models/gemma2.cpp: n_swa = 4096 unless attention.sliding_window says otherwise; period 2.
+    At verify's positions (queries at 2048..8192, the far context at 0..15) the window layer
+    sees the far context only from the queries below 4096 + 16: a reference without the window,
+    or with another, is far off llama.cpp."""
+    keyed = read_view(write_model(tmp_path / "keyed.gguf", arch="gemma2", sliding_window=64))
+    assert keyed.sliding_window == 64 and "gemma2.attention.sliding_window" not in keyed.defaulted
+    path = q8["gemma2"]
+    model = forward.load(path)
+    assert model.rope.window_layers == (0,) and model.rope.sliding_window == 4096
+    assert "gemma2.attention.sliding_window" in model.rope.defaulted
+    claimed = model.file_scaling()
+    layout = verify.make_layout(512, 16, verify.default_position(claimed, model.rope))
+    assert layout.query_positions.min() < 4096 < layout.query_positions.max()
+    llama = verify.llama_logits(path, None, layout)
+    kls = {}
+    for window in (4096, 0, 2048, 6144):  # 0: no window at all
+        model.hp["n_swa"] = window
+        try:
+            exact, rounded = model.run(layout.tokens, layout.positions, [(claimed, False), (claimed, True)],
+                                       layout.visible, rows=layout.queries)
+        finally:
+            model.hp["n_swa"] = 4096
+        kls[window] = verify.compare(exact, llama).kl / verify.compare(exact, rounded).kl
+    assert kls[4096] < 3 and min(kls[0], kls[2048], kls[6144]) > 30, kls
+
+
+@pytest.mark.parametrize("method", ["linear", "yarn"])
+def test_gemma2_gguf_set_scales_the_window_layers(tmp_path, monkeypatch, method):
+    """models/gemma2.cpp: the window layers take the file's base and scale as loaded, so after
+    `pyntk gguf-set` they run the scaling too (ext_factor, attn_factor, n_ctx_orig are the
+    context's). The window here (65536) reaches the far context, so their angles count: a
+    reference that keeps them unscaled fails."""
+    path = write_model(tmp_path / "g2.gguf", weights="Q8_0", **MODELS["gemma2"], sliding_window=1 << 16)
+    apply(plan_set(path, method=method, factor=4))
+    model = forward.load(path)
+    claimed = model.file_scaling()
+    assert claimed.method == method and claimed.factor == 4
+    window, glob = model.rotations(claimed, 64)
+    assert window == glob == forward.model.LayerRotation(claimed, 1.0, None)
+    report = verify.verify(path, tokens=16)
+    assert report.passed and report.layers.startswith("2 of 2 layers run it"), report
+
+    def unscaled(scaling, glob, layer):
+        multiplier = scaling.attn_factor if scaling.method == "yarn" else 1.0
+        return forward.model.LayerRotation(RopeScaling(base=layer.freq_base, dims=layer.dims), multiplier, None)
+
+    monkeypatch.setattr(forward.model, "window_rotation", unscaled)
+    report = verify.verify(path, tokens=16)
+    assert not report.passed and report.measured.kl > 2 * report.thresholds["kl"], report

@@ -38,7 +38,7 @@ def test_info_shows_the_window_layers_and_their_base(gemma_path, capsys):
     assert "gemma3.rope.freq_base_swa" in data["defaulted"]  # llama.cpp's default, not a key
     assert sorted(set(range(18)) - set(data["window_layers"])) == GLOBAL_LAYERS
     rc, out, _ = cli(capsys, "info", gemma_path)
-    assert "window layers' base  10000  (default)" in out
+    assert "window layers' rope  base 10000, scale 1  (default)  (their own: no scaling reaches them" in out
 
 
 @pytest.mark.llama
@@ -47,7 +47,8 @@ def test_gguf_set_changes_only_the_global_base_and_reset_restores_every_byte(gem
     before = ggufs.file_hash(gemma)
     rc, out, err = cli(capsys, "gguf-set", "--alpha", "4", "--yes", gemma)
     assert rc == 0
-    assert "keeps their rope base 10000 (llama.cpp's default)" in err and "only the global layers change" in err
+    assert ("(15 of 18, window 512 tokens): llama.cpp runs them with base 10000 and scale 1, their own" in err
+            and "; only the 3 global layers change" in err)
     new_base = 1e6 * 4 ** (256 / 254)  # head size 256
     values = ggufs.kv_of(gemma)
     assert values["gemma3.rope.freq_base"][0] == pytest.approx(new_base, rel=1e-6)

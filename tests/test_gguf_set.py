@@ -196,7 +196,8 @@ def test_gemma3_gets_a_note_that_only_global_layers_change(tmp_path, capsys):
     path = ggufs.write_model(tmp_path / "g.gguf", "gemma3", context_length=32768)
     rc, out, err = cli(capsys, "gguf-set", "--alpha", "2", "--yes", path)
     assert rc == 0
-    assert "sliding-window" in err and "only the global layers change" in err
+    assert ("llama.cpp runs them with base 10000 and scale 1, their own: no scaling reaches them" in err
+            and "(1 of 1, window 512 tokens)" in err and "; only the 0 global layers change" in err)
     g = GGUFFile(str(path))
     assert g.value("gemma3.rope.freq_base_swa") == 10000.0  # untouched
     assert g.value("gemma3.rope.freq_base") > 1e6

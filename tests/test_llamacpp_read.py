@@ -5,6 +5,7 @@ import ggufs
 import pytest
 
 from pyntk import llamacpp
+from pyntk.cli import main
 from pyntk.edit import plan_set
 from pyntk.errors import PyntkError
 from pyntk.llamacpp import read
@@ -86,3 +87,18 @@ def test_legacy_scale_linear_and_defaults(tmp_path):
     view = read(write(tmp_path, "llama", **{"llama.rope.scale_linear": 2.0, "llama.rope.freq_base": ggufs.ABSENT}))
     assert (view.scaling_type, view.factor, view.base) == ("linear", 2.0, 10000.0)
     assert view.rope().freq_scale == 0.5 and view.scaling().method == "linear"
+
+
+@pytest.mark.parametrize("arch, row", [
+    ("gemma2", "base 10000, scale 0.25  (the file's values as loaded: a gguf-set edit reaches them"),
+    ("gemma3", "base 10000, scale 1  (default)  (their own: no scaling reaches them"),
+    ("cohere2", "base 10000, scale 0.25  (the run's base and scale, as the global layers')"),
+    ("olmo2", "base 10000, scale 1  (the run's base, scale 1)"),
+])
+def test_info_says_where_window_layers_take_their_rope(tmp_path, capsys, arch, row):
+    # a file with linear factor 4: which window layers follow it is each architecture's rule
+    path = write(tmp_path, arch, n_layer=8, **{f"{arch}.attention.sliding_window": 512,
+                                               f"{arch}.rope.scaling.type": "linear",
+                                               f"{arch}.rope.scaling.factor": 4.0})
+    assert main(["info", str(path)]) == 0
+    assert f"window layers' rope  {row}" in capsys.readouterr().out

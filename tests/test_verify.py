@@ -191,7 +191,7 @@ def test_cli_errors_are_one_line(models, tmp_path, capsys):
     assert main(["verify", str(other)]) == 1
     assert capsys.readouterr().err == (
         "pyntk: error: " f"{other}: architecture 'starcoder2' is not supported by pyntk's reference forward "
-        "pass (supported: llama, qwen2, qwen3, gemma3, phi3)\n")
+        "pass (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3)\n")
     path = str(models["F32"])
     assert main(["verify", path, "--tokens", "300"]) == 1
     assert capsys.readouterr().err.count("\n") == 1

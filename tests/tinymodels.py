@@ -1,5 +1,5 @@
 """Tiny GGUF models with random weights, small enough to write in milliseconds: llama, qwen2,
-qwen3, gemma3 and phi3, each with the tensors llama.cpp's loader for it expects
+qwen3, gemma2, gemma3 and phi3, each with the tensors llama.cpp's loader for it expects
 (src/models/ARCH.cpp, load_arch_tensors).
 
 ``write_model`` writes float32 weights with gguf's GGUFWriter; other weight types come from
@@ -22,7 +22,7 @@ from gguf import GGUFWriter, RopeScalingType
 FTYPES = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "BF16": 32}
 SCALING_TYPES = {"none": RopeScalingType.NONE, "linear": RopeScalingType.LINEAR,
                  "yarn": RopeScalingType.YARN, "longrope": RopeScalingType.LONGROPE}
-ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 # the bias tensors each graph loads (qwen2: q/k/v only; llama: every matrix but the output)
 BIASES = {"llama": ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_up", "ffn_gate", "ffn_down"),
           "qwen2": ("attn_q", "attn_k", "attn_v")}
@@ -37,14 +37,19 @@ def write_model(path, *, arch: str = "llama", weights: str = "F32", n_layer: int
                 seed: int = 0, head_dim: Optional[int] = None, rope_dims: Optional[int] = None,
                 sliding_window: Optional[int] = None, window_pattern: Optional[int] = None,
                 base_swa: Optional[float] = None, softcap: Optional[float] = None,
+                attn_softcap: Optional[float] = None,
                 long_factors: Optional[np.ndarray] = None, short_factors: Optional[np.ndarray] = None,
                 fused_qkv: Optional[bool] = None) -> Path:
     """Write a random ``arch`` model to ``path`` (a .gguf file) and return the path.
 
     head_dim        attention.key_length/value_length when not n_embd / n_head (Gemma 3)
     rope_dims       rope.dimension_count when not the whole head (partial rotary: phi3, gemma3)
-    sliding_window  gemma3: attention.sliding_window; window_pattern its sliding_window_pattern
-                    (every n-th layer global; llama.cpp's default 6); base_swa rope.freq_base_swa
+    tied            no output.weight: the token embeddings are the output matrix (gemma2 always)
+    sliding_window  gemma2/3: attention.sliding_window (gemma2: 4096 when absent); window_pattern
+                    its sliding_window_pattern (every n-th layer global; llama.cpp's default 2 for
+                    gemma2, 6 for gemma3); base_swa rope.freq_base_swa
+    softcap         final_logit_softcapping (gemma2: 30 when absent, gemma3: none)
+    attn_softcap    gemma2: attn_logit_softcapping (50 when absent)
     long/short_factors  LongRoPE factor tensors (phi3; llama with scaling_type "longrope")
     fused_qkv       one attn_qkv matrix instead of attn_q/k/v (default: phi3 only, as converted)
     """
@@ -59,6 +64,8 @@ def write_model(path, *, arch: str = "llama", weights: str = "F32", n_layer: int
         raise ValueError(f"arch must be one of {ARCHS}")
     if biases and arch not in BIASES:
         raise ValueError(f"llama.cpp's {arch} graph has no biases to write")
+    if not tied and arch == "gemma2":
+        raise ValueError("llama.cpp's gemma2 graph loads no output.weight (it would refuse the file)")
 
     rng = np.random.default_rng(seed)
     hd = head_dim or n_embd // n_head
@@ -83,7 +90,7 @@ def write_model(path, *, arch: str = "llama", weights: str = "F32", n_layer: int
         w.add_value_length(head_dim)
     w.add_rope_dimension_count(rope_dims or hd)
     w.add_rope_freq_base(base)
-    w.add_layer_norm_rms_eps(1e-5 if arch != "gemma3" else 1e-6)
+    w.add_layer_norm_rms_eps(1e-6 if arch.startswith("gemma") else 1e-5)
     w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("none")  # llama.cpp then makes n_vocab placeholder tokens
     if scaling_type is not None:
@@ -102,11 +109,15 @@ def write_model(path, *, arch: str = "llama", weights: str = "F32", n_layer: int
         w.add_rope_freq_base_swa(base_swa)
     if softcap is not None:
         w.add_final_logit_softcapping(softcap)
+    if attn_softcap is not None:
+        w.add_attn_logit_softcapping(attn_softcap)
 
     # rows of norm ~3: tied logits with a spread of a few units. Gemma's graph multiplies them by
-    # sqrt(n_embd): stored smaller, the residual stream starts as llama's does (a Gemma model
-    # then wants tied=False for logits with a spread)
-    embd = 0.2 * rng.standard_normal((n_vocab, n_embd)) / (np.sqrt(n_embd) if arch == "gemma3" else 1.0)
+    # sqrt(n_embd): stored smaller, the residual stream starts as llama's does; tied logits then
+    # want the output norm's gain sqrt(n_embd) larger for their spread (gemma2, always tied), or
+    # an output matrix (gemma3: tied=False)
+    gemma = arch in ("gemma2", "gemma3")
+    embd = 0.2 * rng.standard_normal((n_vocab, n_embd)) / (np.sqrt(n_embd) if gemma else 1.0)
     w.add_tensor("token_embd.weight", embd.astype(np.float32))
     qk_norm = arch in ("qwen3", "gemma3")
     for i in range(n_layer):
@@ -127,7 +138,7 @@ def write_model(path, *, arch: str = "llama", weights: str = "F32", n_layer: int
             w.add_tensor(blk + "attn_q_norm.weight", norm(hd, 2.5))
             w.add_tensor(blk + "attn_k_norm.weight", norm(hd, 2.5))
         w.add_tensor(blk + "attn_output.weight", matrix(n_embd, n_head * hd, 0.5))
-        if arch == "gemma3":
+        if gemma:
             w.add_tensor(blk + "post_attention_norm.weight", norm(n_embd))
         w.add_tensor(blk + "ffn_norm.weight", norm(n_embd))
         if arch == "phi3":  # gate and up stacked in one matrix
@@ -136,14 +147,14 @@ def write_model(path, *, arch: str = "llama", weights: str = "F32", n_layer: int
             w.add_tensor(blk + "ffn_gate.weight", matrix(n_ff, n_embd, 1.0))
             w.add_tensor(blk + "ffn_up.weight", matrix(n_ff, n_embd, 1.0))
         w.add_tensor(blk + "ffn_down.weight", matrix(n_embd, n_ff, 0.5))
-        if arch == "gemma3":
+        if gemma:
             w.add_tensor(blk + "post_ffw_norm.weight", norm(n_embd))
         if biases:
             sizes = {"attn_q": n_head * hd, "attn_k": n_head_kv * hd, "attn_v": n_head_kv * hd,
                      "attn_output": n_embd, "ffn_up": n_ff, "ffn_gate": n_ff, "ffn_down": n_embd}
             for name in BIASES[arch]:
                 w.add_tensor(blk + name + ".bias", (0.1 * rng.standard_normal(sizes[name])).astype(np.float32))
-    w.add_tensor("output_norm.weight", norm(n_embd))
+    w.add_tensor("output_norm.weight", norm(n_embd, np.sqrt(n_embd) if gemma and tied else 1.0))
     if not tied:
         w.add_tensor("output.weight", matrix(n_vocab, n_embd, 3.0))
     if freq_factors is not None:

@@ -66,7 +66,7 @@ def run(args) -> int:
                 "llama_cpp_python": llamacpp.python_kwargs(rope, arch, ctx),
                 "ggml_rope_ext": llamacpp.ggml_args(rope, original.dims)}
     beyond = beyond_measured(target)
-    notes = ([f"--force: {beyond}"] if beyond else []) + layer_notes(original, target)
+    notes = ([f"--force: {beyond}"] if beyond else []) + layer_notes(original, target, in_file=False)
     if args.json:
         print_json({"file": args.model, "arch": arch, "target": {**target.to_dict(), "llama_cpp": rope.to_dict()},
                     "notes": notes, **settings})

@@ -10,7 +10,7 @@ from gguf import Keys
 from .. import llamacpp
 from ..edit import changed_since
 from ..errors import PyntkError
-from ..llamacpp import f32_text
+from ..llamacpp import WINDOW_RULES, f32_text
 from ..record import LAYOUT_KEY, read_original, read_record
 from ..writer import human_size, stale_temps
 from ..gguf_file import GGUFFile
@@ -135,9 +135,9 @@ def run(args) -> int:
     if info.has_sliding_window:
         n = len(info.window_layers)
         rows.append(("sliding window", f"{info.sliding_window} tokens on {n} of {info.layers} layers", ""))
-        rows.append(("  window layers' base", f32_text(info.base_swa),
-                     mark(Keys.Rope.FREQ_BASE_SWA) + "  (kept whatever the scaling: only the "
-                     f"{info.layers - n} global layers scale)"))
+        first = next(layer for layer in info.layer_ropes(in_file=True) if layer.window)
+        rows.append(("  window layers' rope", f"base {f32_text(first.freq_base)}, scale {f32_text(first.freq_scale)}",
+                     mark(Keys.Rope.FREQ_BASE_SWA) + f"  ({WINDOW_RULES[info.arch].follows()})"))
     if info.rope_freqs:
         rows.append(("rope_freqs tensor", "yes", "  (per-pair factors, applied on top of the scaling)"))
     if info.longrope:

@@ -28,12 +28,12 @@ def add_parser(sub, name: str) -> None:
         "closer to the scaling than to the same with its base 1% lower or higher. Without scaling "
         "options the file's own settings are checked; with them, that scaling is applied at run time "
         "(computed from the model's original values). Architectures: llama (Llama 1-3.x, Mistral 7B), "
-        "qwen2, qwen3, gemma3 (sliding-window layers keep their own base), phi3 (LongRoPE). Exit "
+        "qwen2, qwen3, gemma2, gemma3 (sliding-window layers as llama.cpp runs them), phi3 (LongRoPE). Exit "
         "status 1 when the check fails. Thresholds: docs/VERIFY.md.\n\n"
         "example: pyntk verify model.gguf --method yarn --factor 4",
     )
     p.epilog = METHODS_EPILOG
-    p.add_argument("model", help="path of a .gguf file (llama, qwen2, qwen3, gemma3 or phi3 architecture)")
+    p.add_argument("model", help="path of a .gguf file (llama, qwen2, qwen3, gemma2, gemma3 or phi3 architecture)")
     p.add_argument("--tokens", type=positive_int, default=32, metavar="N",
                    help="query tokens whose logits are compared, 1..255 (default 32)")
     p.add_argument("--position", type=positive_int, metavar="P",

@@ -4,7 +4,7 @@ It shares no code with ggml: weights are dequantized by gguf-py's numpy code (ex
 float32), the matrix products run in float32, everything between them (norms, rotary embedding,
 attention, softmax, the feed-forward's activation) in float64, and the rotary frequencies come
 from pyntk.reference. The networks are llama.cpp's graphs for llama (Llama 1-3.x, Mistral 7B,
-SmolLM2 ...), qwen2, qwen3, gemma3 and phi3 (graphs.py); each layer's rope (sliding-window
+SmolLM2 ...), qwen2, qwen3, gemma2, gemma3 and phi3 (graphs.py); each layer's rope (sliding-window
 layers, rope_freqs and LongRoPE factors, NORMAL or NEOX mode) follows the llama.cpp contract,
 pyntk.llamacpp. Weights are read from the file layer by layer (model.py), so any model size runs
 in about one layer's memory.

@@ -20,7 +20,7 @@ from gguf import Keys
 
 from ..errors import PyntkError
 from ..gguf_file import GGUFFile
-from ..llamacpp import LayerRope, RopeView, to_llama
+from ..llamacpp import LayerRope, LlamaRope, RopeView, to_llama
 from ..llamacpp import read as read_view
 from ..reference import inv_freq
 from ..scaling import RopeScaling
@@ -55,17 +55,30 @@ class LayerRotation:
     factors: Optional[str]  # name of the per-pair divisor tensor applied on top
 
 
-def window_rotation(scaling: RopeScaling, layer: LayerRope, factors: Optional[str]) -> LayerRotation:
-    """A sliding-window layer: unscaled angles at its own base. llama.cpp multiplies cos/sin of
-    every layer by rope.scaling.attn_factor (context.cpp), YaRN's temperature only where the layer
-    is scaled (ggml's mscale follows the layer's freq_scale); for a yarn scaling that key is its
-    attn_factor, every other scaling claims 1 (an ntk-by-parts run, whose attn_factor cancels the
-    temperature on the global layers, therefore fails here: llama.cpp shrinks the window layers)."""
-    if layer.freq_scale != 1.0:
-        raise PyntkError(f"layer {layer.index} is a sliding-window layer scaled by {1 / layer.freq_scale:g}, "
-                         f"which pyntk's reference does not model")
-    multiplier = scaling.attn_factor if scaling.method == "yarn" else 1.0
-    return LayerRotation(RopeScaling(base=layer.freq_base, dims=layer.dims), multiplier, factors)
+def window_rotation(scaling: RopeScaling, glob: LlamaRope, layer: LayerRope) -> LayerRotation:
+    """A sliding-window layer, the global layers running ``scaling`` (``glob`` in llama.cpp's
+    terms). llama.cpp gives each layer its own base and scale only (model.cpp get_rope_freq_base
+    and _scale); ext_factor, attn_factor, n_ctx_orig and YaRN's betas are the context's.
+
+    - scale 1 (Gemma 3; Gemma 2 under runtime flags): unscaled angles at the layer's base.
+      llama.cpp multiplies cos/sin of every layer by rope.scaling.attn_factor, YaRN's temperature
+      only where the layer is scaled (ggml's mscale follows the layer's freq_scale); for a yarn
+      scaling that key is its attn_factor, every other scaling claims 1 (an ntk-by-parts run,
+      whose attn_factor cancels the temperature on the global layers, therefore fails here:
+      llama.cpp shrinks the window layers).
+    - the global layers' scale (Gemma 2 after `pyntk gguf-set`: its window layers take the file's
+      base and scale as loaded): all else being the context's, the layer runs the scaling itself,
+      at its own base (the global layers' too, unless a runtime flag moved theirs: verify's
+      neighbours).
+    """
+    if layer.freq_scale == 1.0:
+        multiplier = scaling.attn_factor if scaling.method == "yarn" else 1.0
+        return LayerRotation(RopeScaling(base=layer.freq_base, dims=layer.dims), multiplier, layer.factors)
+    if layer.freq_scale == glob.freq_scale and layer.dims == scaling.dims:
+        return LayerRotation(scaling.replace(base=layer.freq_base), 1.0, layer.factors)
+    raise PyntkError(f"layer {layer.index} is a sliding-window layer rotating {layer.dims} dims scaled by "
+                     f"{1 / layer.freq_scale:g}, the global layers {scaling.dims} dims scaled by "
+                     f"{1 / glob.freq_scale:g}; pyntk's reference does not model that")
 
 
 class Model:
@@ -80,7 +93,8 @@ class Model:
         self.hp = _hparams(gguf, view, self.graph)
         self.n_layer = self.hp["n_layer"]
         self.n_vocab = self.weights.rows("token_embd.weight") if "token_embd.weight" in self.weights else 0
-        self.output = "output.weight" if "output.weight" in self.weights else "token_embd.weight"
+        tied = not self.graph.output or "output.weight" not in self.weights
+        self.output = "token_embd.weight" if tied else "output.weight"
         self._layers = self._check_tensors()
 
     def _check_tensors(self) -> List[List[str]]:
@@ -95,7 +109,7 @@ class Model:
 
         for name in ("token_embd.weight", "output_norm.weight"):
             need(name)
-        optional = ["output.weight"] + (["output.bias"] if g.output_bias else [])
+        optional = (["output.weight"] if g.output else []) + (["output.bias"] if g.output_bias else [])
         optional += list(g.factor_tensors)
         unused -= set(optional)
         layers = []
@@ -134,7 +148,8 @@ class Model:
         if scaling.dims != view.dims:
             raise PyntkError(f"the scaling rotates {scaling.dims} dims but {self.path} rotates "
                              f"{view.dims} (rope.dimension_count)")
-        layers = {r.index: r for r in view.layer_ropes(to_llama(scaling), n_ctx=n_ctx)}
+        glob = to_llama(scaling)
+        layers = {r.index: r for r in view.layer_ropes(glob, n_ctx=n_ctx)}
         out = []
         for il in range(self.n_layer):
             layer = layers.get(il)
@@ -142,7 +157,7 @@ class Model:
                 raise PyntkError(f"{self.path}: layer {il} has no RoPE in llama.cpp, which pyntk's "
                                  f"reference does not model")
             if layer.window:
-                out.append(window_rotation(scaling, layer, layer.factors))
+                out.append(window_rotation(scaling, glob, layer))
             else:
                 out.append(LayerRotation(scaling, 1.0, layer.factors))
         return out
@@ -230,7 +245,7 @@ class Model:
         if g.qk_norm:
             q, k = nx.rms_norm(q, layer["attn_q_norm"], eps), nx.rms_norm(k, layer["attn_k_norm"], eps)
         q, k = nx.rotate(q, cos, sin, mode), nx.rotate(k, cos, sin, mode)
-        a = layer["attn_output"](nx.attention(q, k, v, mask, g.attn_scale(hp)), r)
+        a = layer["attn_output"](nx.attention(q, k, v, mask, g.attn_scale(hp), hp["attn_softcap"]), r)
         if g.post_norms:
             a = nx.rms_norm(a, layer["post_attention_norm"], eps)
         x = x + a
@@ -368,7 +383,7 @@ def _hparams(gguf: GGUFFile, view: RopeView, graph: Graph) -> dict:
     if (whole_heads and (head_dim_v != head_dim or view.dims != head_dim)) or view.dims > head_dim:
         raise PyntkError(f"{path}: llama.cpp's {arch} graph cannot run key, value and rotary sizes "
                          f"{head_dim}, {head_dim_v}, {view.dims}")
-    softcap = gguf.value(graph.softcap_key.format(arch=arch), 0.0) if graph.softcap_key else 0.0
+    softcaps = [float(get(*cap)) if cap[0] else 0.0 for cap in (graph.final_softcap, graph.attn_softcap)]
     return dict(n_layer=get(Keys.LLM.BLOCK_COUNT), n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                 head_dim=head_dim, head_dim_v=head_dim_v, eps=float(get(Keys.Attention.LAYERNORM_RMS_EPS)),
-                n_swa=view.sliding_window or 0, softcap=float(softcap or 0.0))
+                n_swa=view.sliding_window or 0, softcap=softcaps[0], attn_softcap=softcaps[1])

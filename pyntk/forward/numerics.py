@@ -125,16 +125,21 @@ def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: str) -> np.nda
     return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float,
+              softcap: float = 0.0) -> np.ndarray:
     """Softmax attention of q (tokens, heads, d) over k, v (tokens, kv heads, d); mask is 0 or
     -inf (tokens, tokens). Query head h reads key/value head h // group, as ggml's broadcasting
-    mul_mat does. Returns (tokens, heads * d_v)."""
+    mul_mat does. ``softcap`` c != 0 caps the scaled scores s to c * tanh(s / c) before the mask
+    (llama-graph.cpp build_attn_mha, hparams.attn_soft_cap). Returns (tokens, heads * d_v)."""
     n, heads, _ = q.shape
     group = heads // k.shape[1]
     q = q.transpose(1, 0, 2)  # heads first: (heads, tokens, dims)
     k = np.repeat(k, group, axis=1).transpose(1, 2, 0)
     v = np.repeat(v, group, axis=1).transpose(1, 0, 2)
-    scores = q @ k * scale + mask
+    scores = q @ k * scale
+    if softcap:
+        scores = softcap * np.tanh(scores / softcap)
+    scores = scores + mask
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
     scores /= scores.sum(axis=-1, keepdims=True)
     return (scores @ v).transpose(1, 0, 2).reshape(n, -1)
