@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 from fetch_model import fetch as fetch_model  # noqa: E402
 from fetch_text import fetch as fetch_text  # noqa: E402
 
-from pyntk.llama import DynamicPolicy, Model  # noqa: E402
+from pyntk.dynamic import DynamicPolicy  # noqa: E402
+from pyntk.llama import Model  # noqa: E402
 
 
 class Server:

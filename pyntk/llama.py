@@ -3,39 +3,29 @@ RopeScaling override.
 
 - :class:`Session` decodes tokens at explicit positions and returns every logit (pyntk verify);
 - :class:`Model` and its :class:`Context` stream: logits only for the rows asked for, batch by
-  batch (pyntk ppl);
-- :class:`DynamicNTK` gives every request the Dynamic NTK base for its length, which llama.cpp
-  itself lacks.
+  batch (pyntk ppl, and the contexts pyntk.dynamic chooses per request).
 
 It uses llama-cpp-python's low-level API (llama_batch_init / llama_decode / llama_get_logits_ith)
 because the high-level ``Llama`` class numbers positions itself. A Session's KV cache is float32
 and its flash attention off, so attention runs in float32 and the only rounding beyond float32 is
 the one llama.cpp's matrix products do by design (see docs/VERIFY.md); a Context uses llama.cpp's
-defaults (float16 cache), as users run it.
-
-Over 500 lines: every object that holds llama.cpp handles lives here so one loader and one
-context builder serve all; the next seam to cut is dynamic scaling (DynamicPolicy, Dynamic) into a
-module of its own.
+defaults (float16 cache), as users run it. Every object that holds llama.cpp handles lives here,
+so one loader and one context builder serve all.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
-import threading
-from collections import OrderedDict
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import PyntkError
-from .llamacpp import CTX_PAD, RopeView, python_kwargs, read, to_llama, with_context
+from .llamacpp import RopeView, python_kwargs, read, to_llama, with_context
 from .record import read_original
-from .plan import acts_unscaled, scaling_for, static_equivalent
-from .scaling import METHODS, RopeScaling
+from .plan import acts_unscaled, static_equivalent
+from .scaling import RopeScaling
 
 _QUIET = None
 
@@ -46,7 +36,7 @@ def llama_kwargs(scaling: RopeScaling, view: RopeView) -> dict:
     values that differ from the file's, so equal files share one loaded model)."""
     if scaling.method == "dynamic":
         raise PyntkError("llama.cpp has no runtime setting for 'dynamic': give the static scaling for a "
-                         "length (pyntk.plan.static_equivalent) or use pyntk.llama's dynamic scaling")
+                         "length (pyntk.plan.static_equivalent) or use pyntk.dynamic")
     _check_runtime(scaling)
     return python_kwargs(with_context(to_llama(scaling), view), view.arch, file=view)
 
@@ -207,7 +197,7 @@ class Session:
         self.close()
 
 
-# --- contexts that stream logits (perplexity), and Dynamic NTK --------------------------------
+# --- contexts that stream logits (perplexity, dynamic scaling) --------------------------------
 
 N_BATCH = 512  # llama-cpp-python's default; the logits buffer is n_batch x n_vocab floats
 
@@ -270,18 +260,20 @@ class Model:
         return tuple(sorted(kw.items()))
 
     def context(self, n_ctx: int, scaling: RopeScaling, *, n_batch: int = N_BATCH,
-                flash_attn: bool = False) -> "Context":
-        """A llama.cpp context of ``n_ctx`` cells running ``scaling`` (dynamic: the base for n_ctx)."""
+                flash_attn: bool = False, swa_full: bool = True) -> "Context":
+        """A llama.cpp context of ``n_ctx`` cells running ``scaling`` (dynamic: the base for n_ctx).
+        ``swa_full=False``: sliding-window layers cache only their window (llama.cpp's tools'
+        default); the context then cannot go back to earlier positions."""
         return Context(self, n_ctx, static_equivalent(scaling, n_ctx), n_batch=n_batch,
-                       flash_attn=flash_attn)
+                       flash_attn=flash_attn, swa_full=swa_full)
 
 
 class Context:
     """One llama_context: decodes a sequence batch by batch, logits only for requested rows."""
 
     def __init__(self, model: Model, n_ctx: int, scaling: RopeScaling, *, n_batch: int,
-                 flash_attn: bool) -> None:
-        kw = llama_kwargs(scaling, model.current)
+                 flash_attn: bool, swa_full: bool = True) -> None:
+        kw = {**llama_kwargs(scaling, model.current), "swa_full": swa_full}
         self.model = _load(model.path, kw.pop("kv_overrides", {}))
         self.lib = lib = model.lib
         self.scaling, self.n_ctx, self.n_vocab = scaling, n_ctx, self.model.n_vocab
@@ -380,406 +372,14 @@ def _target_logprobs(logits: np.ndarray, targets: np.ndarray, work: np.ndarray) 
     return logits[np.arange(rows), targets].astype(np.float64) - log_total
 
 
-class Cancelled(Exception):
-    """The caller gave up (its ``give_up`` event was set) while waiting for a context."""
+# Dynamic scaling moved to pyntk.dynamic; pyntk.llama.DynamicNTK was public API in the first
+# release (and pyntk.llama.Dynamic was documented), so these names still resolve here. Looked up
+# on first use, not imported at the top: pyntk.dynamic imports this module.
+_MOVED = ("Cancelled", "Dynamic", "DynamicNTK", "DynamicPolicy", "check_runnable")
 
 
-@dataclass(frozen=True)
-class DynamicPolicy:
-    """Which static scaling a request of ``length`` tokens runs with when ``method`` is scaled
-    dynamically: the one fact :class:`Dynamic` serves and `pyntk ppl --method dynamic-METHOD`
-    measures.
-
-    A request runs in a context of its length bucket B: the training context L0 when it fits
-    there, where RoPE runs unscaled (nothing changes for short requests); beyond, its length
-    rounded up to a multiple of ``bucket`` tokens, running ``method`` set up for B: yarn,
-    ntk-by-parts and linear with factor B/L0, ntk with the alpha `pyntk plan` gives for B, dynamic
-    with Hugging Face's Dynamic NTK base for B (whose own factor s stays max_context/L0 unless
-    ``factor`` is given).
-    """
-
-    method: str
-    base: float
-    dims: int
-    training_context: int
-    max_context: int
-    bucket: int = CTX_PAD
-    factor: Optional[float] = None  # Dynamic NTK's s (method "dynamic" only)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        for name in ("training_context", "max_context", "bucket"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        if self.factor is not None and self.method != "dynamic":
-            raise ValueError(f"factor applies to method 'dynamic' only; {self.method} takes its "
-                             f"factor from each request's length")
-
-    @property
-    def scaling(self) -> RopeScaling:
-        """``method`` set up for max_context: what the longest request runs with."""
-        params = {"factor": self.factor} if self.factor is not None else {}
-        return scaling_for(self.method, self.max_context, dims=self.dims, base=self.base,
-                           training_context=self.training_context, **params)
-
-    def bucket_for(self, length: int) -> int:
-        """The context length a request of ``length`` tokens runs in."""
-        if isinstance(length, bool) or int(length) != length or length < 1:
-            raise ValueError(f"length must be a positive whole number of tokens, got {length!r}")
-        if length > self.max_context:
-            raise PyntkError(f"a request of {length} tokens (prompt plus max_tokens) exceeds "
-                             f"max_context {self.max_context}; raise max_context or shorten it")
-        if length <= self.training_context:
-            return self.training_context
-        return -(-int(length) // self.bucket) * self.bucket
-
-    def scaling_for(self, length: int) -> RopeScaling:
-        """The static scaling a request of ``length`` tokens runs with."""
-        n = self.bucket_for(length)
-        if n <= self.training_context:
-            return RopeScaling(method="none", base=self.base, dims=self.dims)
-        if self.method == "dynamic":
-            return static_equivalent(self.scaling, n)
-        return scaling_for(self.method, n, dims=self.dims, base=self.base,
-                           training_context=self.training_context)
-
-    def describe(self) -> str:
-        L0 = self.training_context
-        how = {"ntk": "the alpha pyntk plan gives for B",
-               "dynamic": f"Hugging Face's Dynamic NTK base for B, factor {self.scaling.factor:g}",
-               "none": "unscaled"}.get(self.method, f"factor B/{L0}")
-        return (f"{self.method} set up for each request's length bucket B ({how}) beyond {L0} "
-                f"tokens, unscaled within")
-
-
-def check_runnable(model: Model, policy: DynamicPolicy) -> None:
-    """Refuse now a method llama.cpp cannot run (llama3 needs a rope_freqs tensor), whatever the
-    lengths asked for: it is tried at twice the training context, where every method acts."""
-    n = 2 * policy.training_context
-    model.runs_as(scaling_for(policy.method, n, dims=policy.dims, base=policy.base,
-                              training_context=policy.training_context), n)
-
-
-class Dynamic:
-    """Dynamic scaling of any method for llama-cpp-python: every request runs with the method set
-    up for its own length (see :class:`DynamicPolicy`), unscaled within the training context.
-
-    llama.cpp fixes a context's RoPE when the context is created, so :class:`Dynamic` loads the
-    model once (weights memory-mapped, one llama_model shared by every context) and keeps at most
-    ``cached`` contexts, each for one length bucket, the least recently used replaced first. The
-    KV cache a context takes is known before it is created (:meth:`kv_bytes`): at most ``cached``
-    times ``kv_bytes(max_context)``. The base never changes within a request: every key and query
-    of a request share one scaling (unlike Hugging Face's generate(), whose base grows while keys
-    cached under the old base stay rotated by it).
-
-    Thread-safe: :meth:`acquire` lends a context to one caller at a time; callers wait while all
-    ``cached`` contexts are lent out.
-
-    model_path        a .gguf file
-    method            the scaling applied beyond the training context (pyntk.scaling.METHODS)
-    max_context       the longest request (prompt + generated tokens) to allow
-    factor            Dynamic NTK's s (method "dynamic" only); default max_context / L0
-    original_context  L0, the training context; default read from the file
-    bucket            lengths beyond L0 are rounded up to a multiple of this many tokens
-    cached            how many contexts (each with its own KV cache) to keep
-    threads           CPU threads; default all available
-    flash_attn        llama.cpp's flash attention (less memory at long contexts)
-
-    >>> with Dynamic("model.gguf", "yarn", max_context=32768) as dyn:
-    ...     dyn.generate("Summarise: " + long_text, max_tokens=200)
-    """
-
-    def __init__(self, model_path, method: str = "yarn", max_context: Optional[int] = None, *,
-                 factor: Optional[float] = None, original_context: Optional[int] = None,
-                 bucket: int = CTX_PAD, cached: int = 2, threads: Optional[int] = None,
-                 flash_attn: bool = False) -> None:
-        if isinstance(cached, bool) or not isinstance(cached, int) or cached < 1:
-            raise ValueError(f"cached must be a whole number >= 1, got {cached!r}")
-        self.model = Model(model_path, threads=threads)
-        info = self.model.info
-        L0 = original_context or self.model.training_context
-        if max_context is None:
-            if factor is None:
-                raise PyntkError(f"give max_context (the longest prompt plus generation, e.g. {4 * L0})"
-                                 + (" or factor (Dynamic NTK's s)" if method == "dynamic" else ""))
-            max_context = int(factor * L0)
-        self.policy = DynamicPolicy(method, info.base, info.dims, L0, max_context, bucket, factor)
-        check_runnable(self.model, self.policy)
-        self.cached, self.flash_attn = cached, flash_attn
-        self._lock = threading.Condition()
-        self._kept: "OrderedDict[Context, int]" = OrderedDict()  # context -> bucket, LRU first
-        self._lent: set = set()
-        self._creating = 0  # contexts being created, outside the lock
-
-    @property
-    def method(self) -> str:
-        return self.policy.method
-
-    @property
-    def max_context(self) -> int:
-        return self.policy.max_context
-
-    @property
-    def training_context(self) -> int:
-        return self.policy.training_context
-
-    def bucket_for(self, length: int) -> int:
-        return self.policy.bucket_for(length)
-
-    def scaling_for(self, length: int) -> RopeScaling:
-        """The static scaling a request of ``length`` tokens runs with."""
-        return self.policy.scaling_for(length)
-
-    def base_for(self, length: int) -> float:
-        """The rope base llama.cpp runs a request of ``length`` tokens with."""
-        s = self.scaling_for(length)
-        return s.ntk_base if s.method == "ntk" else s.base
-
-    def kv_bytes(self, length: int) -> int:
-        """Bytes of KV cache the context for a request of ``length`` tokens allocates.
-
-        llama.cpp (src/llama-kv-cache.cpp) gives every layer a K and a V tensor of
-        n_embd_k_gqa (resp. n_embd_v_gqa) x cells elements of the cache type (float16 unless told
-        otherwise), cells = n_ctx padded to 256. Sliding-window layers too: contexts keep
-        llama.cpp's default swa_full, a full-size cache for them (llama-kv-cache-iswa.cpp).
-        """
-        lib, ptr = self.model.lib, self.model._plain.ptr
-        cells = -(-self.bucket_for(length) // CTX_PAD) * CTX_PAD
-        head = lib.llama_model_n_embd(ptr) // lib.llama_model_n_head(ptr)
-        arch = self.model.info.arch
-        k = _meta_int(self.model, f"{arch}.attention.key_length", head)
-        v = _meta_int(self.model, f"{arch}.attention.value_length", head)
-        per_cell = lib.llama_model_n_layer(ptr) * lib.llama_model_n_head_kv(ptr) * (k + v)
-        return per_cell * cells * _F16_BYTES
-
-    @contextmanager
-    def acquire(self, length: int, *, give_up: Optional[threading.Event] = None) -> Iterator[Context]:
-        """Lend the (emptied) context for a request of ``length`` tokens, created on first use;
-        wait while every context is lent out. Raises :class:`Cancelled` when ``give_up`` is set
-        during the wait."""
-        n = self.bucket_for(length)
-        ctx = None
-        with self._lock:
-            while True:
-                idle = [c for c in self._kept if c not in self._lent]
-                ctx = next((c for c in reversed(idle) if self._kept[c] == n), None)
-                if ctx is not None:
-                    self._kept.move_to_end(ctx)
-                    self._lent.add(ctx)
-                    break
-                if len(self._kept) + self._creating >= self.cached and idle:
-                    self._kept.pop(idle[0])
-                    idle[0].close()
-                if len(self._kept) + self._creating < self.cached:
-                    self._creating += 1  # its place is taken; created outside the lock
-                    break
-                if give_up is not None and give_up.is_set():
-                    raise Cancelled()
-                self._lock.wait(0.05)
-        if ctx is None:
-            try:
-                ctx = self.model.context(n, self.scaling_for(n), flash_attn=self.flash_attn)
-            finally:
-                with self._lock:
-                    self._creating -= 1
-                    if ctx is not None:
-                        self._kept[ctx] = n
-                        self._lent.add(ctx)
-                    self._lock.notify_all()
-        try:
-            ctx.clear()
-            yield ctx
-        finally:
-            with self._lock:
-                self._lent.discard(ctx)
-                self._lock.notify_all()
-
-    def context_for(self, length: int) -> Context:
-        """The (emptied) context for a request of ``length`` tokens, for single-threaded use."""
-        with self.acquire(length) as ctx:
-            return ctx
-
-    def kept(self) -> List[Tuple[int, bool]]:
-        """(bucket, lent out) of every context kept, least recently used first."""
-        with self._lock:
-            return [(n, c in self._lent) for c, n in self._kept.items()]
-
-    def tokenize(self, text: str, *, special: bool = False) -> List[int]:
-        """Tokens of a prompt, with BOS first when the model wants one (once: text that starts
-        with it keeps its own). ``special``: text such as ``<|im_start|>`` becomes that token."""
-        ids = self.model.tokenize(text, special=special).tolist()
-        bos = self.model.bos()
-        return ids if bos is None or ids[:1] == [bos] else [bos] + ids
-
-    def piece(self, token: int) -> bytes:
-        """The bytes a token stands for (special tokens: none)."""
-        lib, vocab = self.model.lib, self.model.vocab
-        buf = (ctypes.c_char * 256)()
-        n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
-        if n < 0:  # the piece needs -n bytes
-            buf = (ctypes.c_char * -n)()
-            n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, False)
-        return bytes(buf[:max(n, 0)])
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        # a character may span tokens: decode the bytes together
-        return b"".join(map(self.piece, tokens)).decode("utf-8", errors="replace")
-
-    @functools.cached_property
-    def _chat_formatter(self):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = _meta(self.model, "tokenizer.chat_template")
-        if template is None:
-            raise PyntkError(f"{self.model.path}: has no chat template (tokenizer.chat_template); "
-                             f"send your own prompt format as a completion")
-        lib, vocab = self.model.lib, self.model.vocab
-        text = lambda token: _special_text(lib, vocab, token)  # noqa: E731
-        return Jinja2ChatFormatter(template, eos_token=text(lib.llama_vocab_eos(vocab)),
-                                   bos_token=text(lib.llama_vocab_bos(vocab)))
-
-    def chat_prompt(self, messages: Sequence[dict]) -> str:
-        """The model's chat template (the GGUF's tokenizer.chat_template, rendered by
-        llama-cpp-python's Jinja2ChatFormatter) applied to ``messages``, ending where the
-        assistant's answer begins. A template's own refusal is a ValueError."""
-        return self._chat_formatter(messages=list(messages)).prompt
-
-    def tokens(self, ctx: Context, prompt: Sequence[int], max_tokens: int, *,
-               temperature: float = 0.0, top_p: float = 1.0, seed: Optional[int] = None,
-               stop: Optional[Callable[[], bool]] = None) -> Iterator[int]:
-        """Generate after ``prompt`` in ``ctx`` (from :meth:`acquire`): yield each new token, at
-        most ``max_tokens``, stopping before an end-of-generation token, or as soon as ``stop()``
-        is true (asked between batches of the prompt and before each token). Sampling is
-        llama.cpp's own sampler chain (top-p, temperature, seeded draw; greedy at temperature 0)."""
-        prompt = np.asarray(prompt, dtype=np.int32)
-        if prompt.size == 0:
-            raise ValueError("the prompt is empty")
-        end = prompt.size + max_tokens
-        if end > ctx.n_ctx:
-            raise PyntkError(f"{prompt.size} prompt tokens plus {max_tokens} to generate do not fit "
-                             f"the context of {ctx.n_ctx}; acquire it for {end} tokens")
-        stop = stop or (lambda: False)
-        lib, vocab = self.model.lib, self.model.vocab
-        sampler = _sampler(lib, temperature, top_p, seed)
-        try:
-            for lo in range(0, prompt.size, ctx.n_batch):
-                if stop():
-                    return
-                batch = prompt[lo:lo + ctx.n_batch]
-                outputs = np.zeros(batch.size, dtype=np.int8)
-                outputs[-1] = lo + batch.size == prompt.size  # logits of the prompt's last token
-                for _ in ctx.decode(batch, outputs, lo):
-                    pass
-            one = np.ones(1, dtype=np.int8)
-            for pos in range(prompt.size, end):
-                if stop():
-                    return
-                token = lib.llama_sampler_sample(sampler, ctx.ctx, -1)
-                if lib.llama_vocab_is_eog(vocab, token):
-                    return
-                yield token
-                if pos + 1 < end:
-                    for _ in ctx.decode(np.array([token], dtype=np.int32), one, pos):
-                        pass
-        finally:
-            lib.llama_sampler_free(sampler)
-
-    def logits(self, tokens: Sequence[int], max_new_tokens: int = 0) -> np.ndarray:
-        """Logits (len(tokens), n_vocab) of a request whose full length is len + max_new_tokens."""
-        tokens = list(tokens)
-        if not tokens:
-            raise ValueError("give at least one token")
-        with self.acquire(len(tokens) + max_new_tokens) as ctx:
-            return ctx.logits(tokens)
-
-    def generate(self, prompt: Union[str, Sequence[int]], max_tokens: int = 128, *,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: Optional[int] = None) -> str:
-        """Continue ``prompt`` by up to ``max_tokens`` tokens (greedy when temperature is 0)."""
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if not tokens:
-            raise ValueError("the prompt is empty")
-        with self.acquire(len(tokens) + max_tokens) as ctx:
-            new = list(self.tokens(ctx, tokens, max_tokens, temperature=temperature, top_p=top_p,
-                                   seed=seed))
-        return self.detokenize(new)
-
-    def close(self) -> None:
-        with self._lock:
-            while self._kept:
-                self._kept.popitem()[0].close()
-
-    def __enter__(self) -> "Dynamic":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class DynamicNTK(Dynamic):
-    """Dynamic NTK for llama-cpp-python users: :class:`Dynamic` with method "dynamic". A request of
-    L tokens runs in its bucket B with Hugging Face's base (pyntk.RopeScaling(method="dynamic"))
-
-        b' = b * (s * B / L0 - (s - 1)) ** (d / (d - 2))    if B > L0, else b
-
-    ``scaling`` is that Dynamic NTK scaling (factor s, default max_context / L0).
-
-    >>> dyn = DynamicNTK("model.gguf", max_context=32768)
-    >>> dyn.generate("Summarise: " + long_text, max_tokens=200)
-    """
-
-    def __init__(self, model_path, max_context: Optional[int] = None, *,
-                 factor: Optional[float] = None, original_context: Optional[int] = None,
-                 bucket: int = CTX_PAD, cached: int = 2, threads: Optional[int] = None) -> None:
-        super().__init__(model_path, "dynamic", max_context, factor=factor,
-                         original_context=original_context, bucket=bucket, cached=cached,
-                         threads=threads)
-
-    @property
-    def scaling(self) -> RopeScaling:
-        return self.policy.scaling
-
-
-_F16_BYTES = 2  # llama.cpp's default KV cache type, which Context keeps
-
-
-def _meta(model: Model, key: str) -> Optional[str]:
-    """A GGUF metadata value as llama.cpp read it (as text), or None when the file lacks it."""
-    lib, ptr = model.lib, model._plain.ptr
-    size = 256
-    for _ in range(2):
-        buf = ctypes.create_string_buffer(size)
-        n = lib.llama_model_meta_val_str(ptr, key.encode(), buf, size)
-        if n < 0:
-            return None
-        if n < size:
-            return buf.value.decode("utf-8", errors="replace")
-        size = n + 1
-    return None
-
-
-def _meta_int(model: Model, key: str, default: int) -> int:
-    text = _meta(model, key)
-    return default if text is None else int(text)
-
-
-def _special_text(lib, vocab, token: int) -> str:
-    """A token's text with special tokens spelled out (``<|im_end|>``), as chat templates use them."""
-    buf = (ctypes.c_char * 256)()
-    n = lib.llama_token_to_piece(vocab, int(token), buf, len(buf), 0, True)
-    return bytes(buf[:max(n, 0)]).decode("utf-8", errors="replace")
-
-
-def _sampler(lib, temperature: float, top_p: float, seed: Optional[int]):
-    """llama.cpp's sampler chain in its own order (top-p, temperature, draw), or greedy."""
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    if temperature <= 0:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        return chain
-    if top_p < 1:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
-    lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
-        lib.LLAMA_DEFAULT_SEED if seed is None else seed % lib.LLAMA_DEFAULT_SEED))
-    return chain
+def __getattr__(name: str):
+    if name in _MOVED:
+        from . import dynamic
+        return getattr(dynamic, name)
+    raise AttributeError(f"module 'pyntk.llama' has no attribute {name!r}")

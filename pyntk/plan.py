@@ -152,11 +152,11 @@ def option(scaling: RopeScaling, training_context: int, target: int) -> Option:
 
 # Where a scaling will run. "file": llama.cpp from the GGUF file alone, so what gguf-set writes;
 # "freq_base": a runtime that reads only rope.freq_base (static NTK is nothing but a new base);
-# "pyntk": llama.cpp driven by pyntk.llama, which adds dynamic scaling (pyntk.llama.Dynamic).
+# "pyntk": llama.cpp driven by pyntk.dynamic, which adds dynamic scaling (pyntk.dynamic.Dynamic).
 RUNTIMES = ("file", "freq_base", "pyntk")
 
 # Setups measured beside the methods: label -> the method it runs at the target (set up by
-# scaling_for), served per request length through pyntk.llama.Dynamic.
+# scaling_for), served per request length through pyntk.dynamic.Dynamic.
 DYNAMIC = {"dynamic-yarn": "yarn"}
 
 # When to prefer a setup that did not come first.
@@ -166,11 +166,11 @@ WHEN = {
             "runtimes built on it)",
     "ntk-by-parts": "for a runtime that applies yarn, when YaRN's attention temperature does not "
                     "suit the model (measure with --measure)",
-    "dynamic": "when serving through pyntk.llama.Dynamic(model, 'dynamic'): inputs within the "
+    "dynamic": "when serving through pyntk.dynamic.Dynamic(model, 'dynamic'): inputs within the "
                "training context run unscaled",
-    "dynamic-yarn": "when serving through pyntk (pyntk serve, pyntk.llama.Dynamic(model, 'yarn')): "
-                    "YaRN set up for each request's length, so inputs within the training context "
-                    "run unscaled",
+    "dynamic-yarn": "when serving through pyntk (pyntk serve, pyntk.dynamic.Dynamic(model, "
+                    "'yarn')): YaRN set up for each request's length, so inputs within the training "
+                    "context run unscaled",
     "linear": "for a model fine-tuned with Position Interpolation at this factor",
 }
 

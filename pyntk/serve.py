@@ -1,11 +1,11 @@
 """`pyntk serve`: an OpenAI-compatible HTTP server whose every request runs with RoPE set up for
-its own length (:class:`pyntk.llama.Dynamic`): unscaled within the training context, the chosen
+its own length (:class:`pyntk.dynamic.Dynamic`): unscaled within the training context, the chosen
 method set up for the request's length bucket beyond it.
 
 llama-cpp-python's own server (``llama_cpp.server``) cannot host that: it binds one ``Llama`` (one
 context, its RoPE fixed when the model is loaded) to each model name a client asks for, and
 switches by reloading the model. So this is a small Starlette app on uvicorn over the contexts
-:class:`~pyntk.llama.Dynamic` keeps (the same ones `pyntk ppl` measures); chat prompts use the
+:class:`~pyntk.dynamic.Dynamic` keeps (the same ones `pyntk ppl` measures); chat prompts use the
 GGUF's own template, rendered by llama-cpp-python's ``Jinja2ChatFormatter``.
 
 Endpoints: POST /v1/completions and /v1/chat/completions (``"stream": true``: server-sent
@@ -30,7 +30,7 @@ from contextlib import closing
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from .errors import PyntkError
-from .llama import Cancelled, Dynamic
+from .dynamic import Cancelled, Dynamic
 
 log = logging.getLogger("pyntk.serve")
 
@@ -267,7 +267,8 @@ class Server:
         dyn = self.dyn
         return {"model": self.name, "training_context": dyn.training_context,
                 "max_context": dyn.max_context, "method": dyn.method, "dynamic": dyn.policy.describe(),
-                "max_contexts": dyn.cached, "kv_bytes_max": dyn.cached * dyn.kv_bytes(dyn.max_context)}
+                "max_contexts": dyn.cached, "kv_bytes_max": dyn.cached * dyn.kv_bytes(dyn.max_context),
+                "memory_bytes_max": dyn.cached * dyn.memory_bytes(dyn.max_context)}
 
     async def start(self, path: str, prompt: List[int], max_tokens: Optional[int], body) -> _Job:
         """Check the request's length against --max-context, log it, start its job."""
@@ -441,17 +442,40 @@ def _size(n: float) -> str:
 
 
 def check_memory(dyn: Dynamic) -> str:
-    """Refuse a setup whose KV caches could outgrow the memory available; describe it otherwise."""
-    one = dyn.kv_bytes(dyn.max_context)
-    need = dyn.cached * one
-    per_token = one // dyn.bucket_for(dyn.max_context)
+    """Refuse a setup whose contexts (KV cache and compute buffers each, :meth:`Dynamic.memory`)
+    could outgrow the memory available; describe it otherwise."""
+    m = dyn.memory(dyn.max_context)
+    need = dyn.cached * m.total
+    each = (f"each: KV cache {_size(m.kv)} at {m.kv // dyn.bucket_for(dyn.max_context)} bytes per token, "
+            f"compute buffers {_size(m.total - m.kv)}" + ("" if dyn.flash_attn else " without --flash-attn"))
+    contexts = f"{dyn.cached} context{'s' * (dyn.cached > 1)}"
     avail = available_memory()
     if avail is not None and need > avail:
-        raise PyntkError(f"{dyn.cached} contexts of up to {dyn.max_context} tokens need {_size(need)} of "
-                         f"KV cache ({per_token} bytes per token), but only {_size(avail)} of memory is "
-                         f"available; lower --max-context or --contexts")
-    return (f"KV cache up to {dyn.cached} x {_size(one)} = {_size(need)} ({per_token} bytes per token)"
+        fixes = [_longest_fitting(dyn, avail)]
+        if dyn.cached > 1:
+            fixes.append("fewer --contexts")
+        if not dyn.flash_attn:
+            fa = dyn.memory(dyn.max_context, flash_attn=True)
+            fixes.append(f"--flash-attn (compute buffers {_size(fa.total - fa.kv)} per context)")
+        raise PyntkError(f"{contexts} of up to {dyn.max_context} tokens need{'s' * (dyn.cached == 1)} "
+                         f"{_size(need)} ({each}), but only {_size(avail)} of memory is available; use "
+                         + ", ".join(fixes[:-1]) + ", or " * (len(fixes) > 1) + fixes[-1])
+    return (f"memory up to {contexts} x {_size(m.total)} = {_size(need)} ({each})"
             + (f", {_size(avail)} available" if avail is not None else ""))
+
+
+def _longest_fitting(dyn: Dynamic, avail: int) -> str:
+    """The --max-context advice: the longest bucket whose contexts fit ``avail`` bytes."""
+    lengths = sorted({dyn.training_context, *range(dyn.policy.bucket, dyn.max_context + 1, dyn.policy.bucket)})
+    lengths = [n for n in lengths if n >= dyn.training_context]
+    fits = lambda n: dyn.cached * dyn.memory_bytes(n) <= avail  # noqa: E731 - grows with n
+    if not fits(lengths[0]):
+        return f"a smaller model (not even the training context, {dyn.training_context} tokens, fits)"
+    lo, hi = 0, len(lengths) - 1  # lengths[lo] fits, lengths[hi + 1:] do not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(lengths[mid]) else (lo, mid - 1)
+    return f"--max-context {lengths[lo]} or less"
 
 
 class _Uvicorn(uvicorn.Server):

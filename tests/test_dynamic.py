@@ -11,7 +11,8 @@ import pytest
 
 from pyntk import PyntkError, RopeScaling, plan, reference
 from pyntk import llama as llama_module
-from pyntk.llama import Cancelled, Dynamic, DynamicNTK, DynamicPolicy, Model
+from pyntk.dynamic import Cancelled, Dynamic, DynamicNTK, DynamicPolicy
+from pyntk.llama import Model
 from pyntk.perplexity import Candidate, evaluate
 from clirun import THREADS, run
 
@@ -202,6 +203,57 @@ def test_kv_bytes_is_what_llama_cpp_allocates(request, which):
         finally:
             llama_cpp.llama_log_set(llama_module._QUIET, None)
             del callback
+
+
+LOGGED = {"kv": r"KV buffer size =\s*([\d.]+) MiB", "compute": r"compute buffer size =\s*([\d.]+) MiB",
+          "output": r"output buffer size =\s*([\d.]+) MiB"}
+
+
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["no-fa", "fa"])
+@pytest.mark.parametrize("which, lengths", [
+    pytest.param("smollm2", (4096, 16384, 32768), id="smollm2"),
+    pytest.param("gemma3", (4096, 32768, 65536), marks=pytest.mark.gemma, id="gemma3")])
+def test_memory_covers_what_llama_cpp_allocates(request, which, lengths, flash_attn):
+    """Creating a context, llama.cpp logs the buffers it allocates: the KV cache (two for
+    sliding-window models), the compute buffer and the logits ("output"). Dynamic.memory estimates
+    each from the model's shape beforehand: never below what llama.cpp takes, at most 3% above
+    (the compute buffer alone at most 5%). Without flash attention the compute buffer grows with the
+    context (SmolLM2 at 32768: 646 MiB, nearly its 720 MiB KV cache); Gemma 3's 262144-token
+    vocabulary keeps its logits (512 MiB for a 512-token batch) the larger part until 65536 tokens,
+    where its attention scores and two masks (one per cache) pass them."""
+    import llama_cpp
+
+    path = request.getfixturevalue("model_path" if which == "smollm2" else "gemma_path")
+    with Dynamic(path, "yarn", max_context=max(lengths), original_context=lengths[0], cached=1,
+                 threads=THREADS, flash_attn=flash_attn) as dyn:
+        lines, callback = capture_llama_log()
+        try:
+            for length in lengths:
+                lines.clear()
+                with dyn.acquire(length):
+                    pass
+                text = "".join(lines)
+                logged = {part: sum(float(x) * 2**20 for x in re.findall(pattern, text))
+                          for part, pattern in LOGGED.items()}
+                assert all(logged.values()), text
+                est = dyn.memory(length)
+                rounding = 4 * 0.005 * 2**20  # llama.cpp prints MiB to 2 decimals
+                ours, theirs = est.kv + est.compute + est.output, sum(logged.values())  # work: not logged
+                assert theirs - rounding <= ours <= 1.03 * theirs, (length, est, logged)
+                assert logged["compute"] - rounding <= est.compute <= 1.05 * logged["compute"], (length, est, logged)
+                assert dyn.memory_bytes(length) == ours + est.work and (est.work == 0) == flash_attn
+        finally:
+            llama_cpp.llama_log_set(llama_module._QUIET, None)
+            del callback
+
+
+def test_moved_names_still_import_from_pyntk_llama():
+    # dynamic scaling lives in pyntk.dynamic; pyntk.llama.DynamicNTK was public API before the move
+    from pyntk.llama import Dynamic as OldDynamic, DynamicNTK as OldDynamicNTK
+
+    assert (OldDynamic, OldDynamicNTK, llama_module.DynamicPolicy) == (Dynamic, DynamicNTK, DynamicPolicy)
+    with pytest.raises(AttributeError):
+        llama_module.NoSuchName
 
 
 def test_ppl_dynamic_yarn_is_yarn_set_up_for_each_window(model_path, rng):

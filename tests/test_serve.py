@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from pyntk.dynamic import Dynamic
 from clirun import THREADS
 
 pytestmark = [pytest.mark.model, pytest.mark.llama]
@@ -138,6 +139,9 @@ def test_models_and_health(server, model_path):
     assert h["method"] == "yarn" and h["max_contexts"] == 2
     # 2 contexts of 1024 cells: 30 layers x 3 KV heads x (64 + 64) x 2 bytes per cell
     assert h["kv_bytes_max"] == 2 * 1024 * 30 * 3 * 128 * 2
+    # and their compute buffers, as Dynamic.memory estimates them (tests/test_dynamic.py checks it)
+    with Dynamic(model_path, "yarn", MAX_CONTEXT, original_context=L0, cached=1, threads=1) as dyn:
+        assert h["memory_bytes_max"] == 2 * dyn.memory_bytes(MAX_CONTEXT) > h["kv_bytes_max"]
 
 
 def test_completion_is_llama_cpp_greedy_unscaled_and_yarn(server, llama):
@@ -317,16 +321,19 @@ def test_ctrl_c_stops_a_busy_server_cleanly(model_path):
     assert "Traceback" not in log
 
 
-def test_refuses_to_start_when_kv_caches_may_not_fit(model_path):
-    # 4 contexts of 2^22 tokens at 23040 bytes per token: 360 GiB, more than any test machine has
+def test_refuses_to_start_when_contexts_may_not_fit(model_path):
+    # 4 contexts of 2^22 tokens, each a 90 GiB KV cache (23040 bytes per token) and 116 GiB of
+    # compute buffers (attention scores of 9 heads x 2^22 x 512 tokens, their float16 copy, the
+    # mask): more than any test machine has
     proc = subprocess.run([sys.executable, "-m", "pyntk.cli", "serve", str(model_path), "--port", "0",
                            "--max-context", str(1 << 22), "--contexts", "4", "--dynamic", "yarn"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"pyntk: error: 4 contexts of up to 4194304 tokens need 360\.0 GiB of KV cache "
-                        r"\(23040 bytes per token\), but only .* of memory is available; lower "
-                        r"--max-context or --contexts", last), proc.stderr
+    assert re.fullmatch(r"pyntk: error: 4 contexts of up to 4194304 tokens need 824\.0 GiB \(each: KV cache "
+                        r"90\.0 GiB at 23040 bytes per token, compute buffers 116\.0 GiB without --flash-attn\), "
+                        r"but only .* of memory is available; use --max-context \d+ or less, fewer --contexts, "
+                        r"or --flash-attn \(compute buffers 4\.0 GiB per context\)", last), proc.stderr
 
 
 def test_busy_port_is_one_line_error(server, model_path):

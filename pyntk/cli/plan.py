@@ -40,7 +40,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default="file",
                    help="what will run the model: file (llama.cpp from the GGUF file alone, as gguf-set "
                         "writes it; default), freq_base (a runtime that reads only rope.freq_base), "
-                        "pyntk (pyntk.llama, which adds Dynamic NTK)")
+                        "pyntk (pyntk.dynamic, which adds Dynamic NTK)")
     p.add_argument("--plot", metavar="PNG", help="draw each method's spectrum before and after")
     p.add_argument("--measure", action="store_true",
                    help="search the best parameters by perplexity at the target on --text")
@@ -158,7 +158,7 @@ def run(args) -> int:
         plot_spectrum(rec, args.plot, title=f"{os.path.basename(args.model)}: RoPE spectrum for "
                                             f"{rec.target} tokens (training context {L0})")
     scaled = rec.scaling.method != "none"
-    # a setup served per request (pyntk.llama.Dynamic) is not written into the file
+    # a setup served per request (pyntk.dynamic.Dynamic) is not written into the file
     served = rec.choice.label in DYNAMIC or rec.choice.label == "dynamic"
     apply = gguf_set_command(args.model, rec.scaling, rec.target) if scaled and not served else None
     outcome = None
@@ -243,7 +243,7 @@ def _print(args, info, rec, rows, apply) -> None:
         s = measured.get(label)
         at = f"{s.ppl:.2f} ({m.excess(s):+.1%})" if s else "-"
         inside = f"{m.cost(s):+.1%}" if s else "-"
-        note = "  (pyntk.llama.Dynamic)" if label == "dynamic" or label in DYNAMIC else ""
+        note = "  (pyntk.dynamic.Dynamic)" if label == "dynamic" or label in DYNAMIC else ""
         print(f"  {name:<{width}}  {o.supported_context:>9}  "
               f"{o.pairs_out_of_distribution:>9}  {at:>20}  {inside:>12}{note}")
     print()

@@ -9,14 +9,16 @@ import time
 from typing import List
 
 from ..errors import PyntkError
-from ..llama import DynamicPolicy, Model, check_runnable
+from ..dynamic import DynamicPolicy, check_runnable
+from ..llama import Model
 from ..perplexity import (SCORES, Candidate, describe_windows, evaluate, format_table,
                           plan_windows, plot)
 from ..plan import COMPARED, scaling_for
 from ._common import METHODS_EPILOG, add_command, add_json, check_plot, log, positive_int, print_json
 
+# dynamic-yarn: yarn set up for each window's length (pyntk.dynamic.DynamicPolicy)
+DYNAMIC = "dynamic-"
 # method parameters a --method item may set, e.g. ntk:alpha=4 or yarn:factor=4:beta-fast=16
-DYNAMIC = "dynamic-"  # dynamic-yarn: yarn set up for each window's length (pyntk.llama.DynamicPolicy)
 _PARAMS = ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor")
 
 

@@ -21,9 +21,10 @@ def add_parser(sub, name: str) -> None:
         "context set up for its own length, unscaled within the training context and, beyond it, "
         "with --dynamic METHOD set up for the request's length rounded up to 256 tokens. Short "
         "requests cost nothing; long ones get the scaling made for them.\n\n"
-        "Memory: each context keeps its own KV cache; at most --contexts exist (and run at once), "
-        "each at most the size for --max-context. The server refuses to start when that could "
-        "exceed the memory available. Ctrl-C stops it.\n\n"
+        "Memory: each context keeps its own KV cache and compute buffers (without --flash-attn "
+        "these grow with the context too: attention scores of every head for a 512-token batch); "
+        "at most --contexts exist (and run at once), each at most the size for --max-context. The "
+        "server refuses to start when that could exceed the memory available. Ctrl-C stops it.\n\n"
         "example: pyntk serve model.gguf --max-context 32768 --dynamic yarn --port 8080\n"
         "         curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' "
         "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 64}'",
@@ -36,20 +37,23 @@ def add_parser(sub, name: str) -> None:
                    help="scaling applied beyond the training context, set up for each request's "
                         "length (default: what `pyntk plan MODEL --ctx MAX_CONTEXT` recommends)")
     p.add_argument("--contexts", type=positive_int, default=2, metavar="K",
-                   help="contexts (KV caches) kept, and requests run at once (default 2); more wait")
+                   help="contexts (each a KV cache and compute buffers) kept, and requests run at "
+                        "once (default 2); more wait")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--name", help="model id in the API (default: the file name without .gguf)")
     p.add_argument("--threads", type=positive_int, help="CPU threads per request (default: all)")
     p.add_argument("--flash-attn", action="store_true",
-                   help="llama.cpp's flash attention (less memory for long contexts)")
+                   help="llama.cpp's flash attention: compute buffers that do not grow with the "
+                        "context (much less memory for long contexts)")
     p.add_argument("--original-context", type=positive_int, metavar="N",
                    help="treat the model as trained on N tokens instead of the file's value "
                         "(for experiments: makes scaling start at N)")
 
 
 def run(args) -> int:
-    from ..llama import Dynamic, Model
+    from ..dynamic import Dynamic
+    from ..llama import Model
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s pyntk serve: %(message)s",
                         datefmt="%H:%M:%S")
