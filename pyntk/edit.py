@@ -19,7 +19,7 @@ from .llamacpp import LlamaRope, RopeView, f32
 from .record import (ABSENT_KEY, FORMAT_KEY, LAYOUT_KEY, ORIGINAL_PREFIX, RECORD_FORMAT, RECORD_PREFIX,
                      SCALING_KEY, SCALING_WIDTH, VERSION_KEY, OriginalValues, Record, pyntk_version,
                      read_record)
-from .scaling import RopeScaling
+from .scaling import USES, RopeScaling, needs_context
 from .target import Target, beyond_measured, plan_target
 
 _U32, _STR = GGUFValueType.UINT32, GGUFValueType.STRING
@@ -149,10 +149,13 @@ def _diff(gguf: GGUFFile, desired: Dict[str, Optional[NewValue]]) -> List[Change
 
 
 def _scaling_json(target: Target) -> str:
+    """pyntk.scaling: the whole scaling (changed_since rebuilds what was written from it), the base
+    and context written; method, alpha and factor also at the top, where pyntk before the whole
+    scaling was recorded reads them."""
     s = target.scaling
-    data = {"method": s.method, "alpha": s.alpha, "factor": s.factor, "base": target.rope.freq_base,
-            "context": target.context, "original_context": target.rope.original_context,
-            "summary": s.describe(), "pyntk": pyntk_version()}
+    data = {"scaling": s.to_dict(), "method": s.method, "alpha": s.alpha, "factor": s.factor,
+            "base": target.rope.freq_base, "context": target.context,
+            "original_context": target.rope.original_context, "summary": s.describe(), "pyntk": pyntk_version()}
     text = json.dumps(data, separators=(",", ":"))
     width = -(-max(len(text.encode()), 1) // SCALING_WIDTH) * SCALING_WIDTH
     return text + " " * (width - len(text.encode()))
@@ -332,6 +335,19 @@ def _plan_reset(gguf: GGUFFile, source: str, request: Dict[str, Any]) -> EditPla
     return _finish_plan("reset", gguf, source, out, current, original, None, desired, notes, request, record)
 
 
+def _recorded_scaling(s: Dict[str, Any], original: RopeView) -> RopeScaling:
+    """The scaling pyntk.scaling records. Records written before it held the whole scaling have
+    only method, alpha and factor: every other parameter was its default then, except yarn's
+    attn_factor, which those records lost."""
+    if "scaling" in s:
+        return RopeScaling(**s["scaling"])
+    method = s["method"]
+    params = {name: s[name] for name in ("alpha", "factor") if name in USES[method]}
+    if needs_context(method):
+        params["original_context"] = s["original_context"]
+    return RopeScaling(method=method, base=original.base, dims=original.dims, **params)
+
+
 def changed_since(gguf: GGUFFile, record: Record) -> Optional[List[Tuple[str, Any, Any]]]:
     """The keys pyntk's last edit wrote that hold another value now (another tool changed them
     after it): (key, value now or None when removed, value pyntk wrote). What was written is
@@ -339,19 +355,12 @@ def changed_since(gguf: GGUFFile, record: Record) -> Optional[List[Tuple[str, An
     s = record.scaling
     original = llamacpp.read(OriginalValues(gguf, record))
     try:
-        method = s["method"]
-        params: Dict[str, Any] = {}
-        if method == "ntk":
-            params["alpha"] = s["alpha"]
-        elif method != "none":
-            params["factor"] = s["factor"]
-        if method in ("yarn", "ntk-by-parts"):
-            params["original_context"] = s["original_context"]
-        scaling = RopeScaling(method=method, base=original.base, dims=original.dims, **params)
+        scaling = _recorded_scaling(s, original)
         # the base exactly as written (--base B is not alpha's round trip)
-        rope = replace(llamacpp.with_context(llamacpp.to_llama(scaling), original), freq_base=f32(s["base"]))
+        base = llamacpp.checked_f32(s["base"], "pyntk.scaling's base")
+        rope = replace(llamacpp.with_context(llamacpp.to_llama(scaling), original), freq_base=base)
         written = llamacpp.file_values(rope, original.arch, s["context"])
-    except (KeyError, TypeError, ValueError, OverflowError, PyntkError):
+    except (KeyError, TypeError, ValueError, PyntkError):
         return None
     types = llamacpp.file_key_types(original.arch)
     written = {k: v for k, v in written.items() if record.covers(k)}  # an older pyntk wrote fewer keys

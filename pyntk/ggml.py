@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import math
-import operator
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +20,8 @@ import numpy as np
 
 from .errors import PyntkError
 from . import llamacpp
-from .scaling import RopeScaling
+from .llamacpp import checked_f32
+from .scaling import RopeScaling, whole
 
 # From ggml.h.
 _GGML_TYPE = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
@@ -115,25 +114,6 @@ def ggml_args(scaling: RopeScaling, seq_len: Optional[int] = None) -> dict:
     return llamacpp.ggml_args(llamacpp.to_llama(scaling, length=seq_len), scaling.dims)
 
 
-def _whole(name: str, value, low: int, high: int) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a whole number, got {value!r}") from None
-    if not low <= number <= high:
-        raise ValueError(f"{name} must be from {low} to {high}, got {number}")
-    return number
-
-
-def _finite_f32(name: str, value) -> float:
-    value = float(value)
-    if not math.isfinite(value) or abs(value) > np.finfo(np.float32).max:
-        raise ValueError(f"{name} must be a finite float32, got {value!r}")
-    return value
-
-
 class RopeGraph:
     """One prepared ``ggml_rope_ext`` graph: fill :attr:`src`, :meth:`compute`, read :attr:`dst`.
 
@@ -147,7 +127,7 @@ class RopeGraph:
                  freq_base: float = 10000.0, freq_scale: float = 1.0, ext_factor: float = 0.0,
                  attn_factor: float = 1.0, beta_fast: float = 32.0, beta_slow: float = 1.0,
                  n_ctx_orig: int = 0, freq_factors=None, threads: int = 1, computes: int = 1):
-        shape = tuple(_whole("shape entries", n, 0, 2**40) for n in shape)
+        shape = tuple(whole("shape entries", n, 0, 2**40) for n in shape)
         if len(shape) not in (3, 4):
             raise ValueError(f"shape must be [tokens, heads, head_dim] or [batch, tokens, heads, "
                              f"head_dim], got {shape}")
@@ -157,7 +137,7 @@ class RopeGraph:
         if mode not in _ROPE_MODE:
             raise ValueError(f"mode must be 'neox' or 'normal', got {mode!r}")
         head_dim, tokens = shape[-1], shape[-3]
-        n_rot = _whole("n_rot", n_rot, 2, max(2, head_dim))
+        n_rot = whole("n_rot", n_rot, 2, max(2, head_dim))
         if n_rot % 2 or n_rot > head_dim:
             raise ValueError(f"n_rot must be even and at most head_dim {head_dim}, got {n_rot}")
         positions = np.asarray(positions)
@@ -165,12 +145,12 @@ class RopeGraph:
             raise ValueError(f"positions must be {tokens} integers, one per token")
         if positions.size and (positions.min() < 0 or positions.max() > 2**31 - 1):
             raise ValueError("ggml takes positions from 0 to 2**31 - 1")
-        params = [_finite_f32(n, v) for n, v in (
+        params = [checked_f32(v, n) for n, v in (
             ("freq_base", freq_base), ("freq_scale", freq_scale), ("ext_factor", ext_factor),
             ("attn_factor", attn_factor), ("beta_fast", beta_fast), ("beta_slow", beta_slow))]
-        n_ctx_orig = _whole("n_ctx_orig", n_ctx_orig, 0, 2**31 - 1)
-        threads = _whole("threads", threads, 1, 256)
-        computes = _whole("computes", computes, 1, 1 << 20)
+        n_ctx_orig = whole("n_ctx_orig", n_ctx_orig, 0, 2**31 - 1)
+        threads = whole("threads", threads, 1, 256)
+        computes = whole("computes", computes, 1, 1 << 20)
         if freq_factors is not None:
             freq_factors = np.ascontiguousarray(freq_factors, dtype=np.float32)
             if freq_factors.shape != (n_rot // 2,) or not np.all(np.isfinite(freq_factors)):
@@ -222,7 +202,7 @@ class RopeGraph:
     def compute(self, threads: Optional[int] = None) -> np.ndarray:
         """Runs the kernel on :attr:`src` (with ``threads``, default the graph's) and returns
         :attr:`dst`."""
-        threads = self.threads if threads is None else _whole("threads", threads, 1, self.threads)
+        threads = self.threads if threads is None else whole("threads", threads, 1, self.threads)
         if self._ctx is None:
             raise ValueError("this RopeGraph is closed")
         if self.computes_left <= 0:

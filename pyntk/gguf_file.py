@@ -345,12 +345,6 @@ class GGUFFile:
                 out[key] = f.read(entry.size)
         return out
 
-    def raw_entry(self, key: str) -> bytes:
-        entry = self.entries[key]
-        with open(self.path, "rb") as f:
-            f.seek(entry.start)
-            return f.read(entry.end - entry.start)
-
 
 def encode_value(vtype: GGUFValueType, value: Any,
                  array_type: Optional[GGUFValueType] = None) -> bytes:

@@ -208,39 +208,43 @@ def to_llama(scaling: RopeScaling, *, length: Optional[int] = None) -> LlamaRope
     s = scaling
     L0 = s.original_context or 0
     if s.method == "none":
-        return LlamaRope("none", _f32_or_fail(s.base, "the rope base"), original_context=L0)
+        return LlamaRope("none", checked_f32(s.base, "base", "base"), original_context=L0)
     if s.method == "ntk":
-        try:
-            ntk_base = s.ntk_base
-        except OverflowError:  # alpha ** (d/(d-2)) past the largest double
-            ntk_base = math.inf
-        return LlamaRope("none", _f32_or_fail(ntk_base, "the new rope base"), original_context=L0)
+        return LlamaRope("none", checked_f32(s.ntk_base, "the new rope base", "alpha"), original_context=L0)
     if s.method == "dynamic":
         from .reference import dynamic_base
-        return LlamaRope("none", f32(dynamic_base(s, length)), original_context=L0)
+        return LlamaRope("none", checked_f32(dynamic_base(s, length), "the new rope base", "factor"),
+                         original_context=L0)
+    base, factor = checked_f32(s.base, "base", "base"), checked_f32(s.factor, "factor", "factor")
     if s.method == "linear":
-        return LlamaRope("linear", _f32_or_fail(s.base, "the rope base"), _f32_or_fail(s.factor, "the factor"), original_context=L0)
+        return LlamaRope("linear", base, factor, original_context=L0)
     if s.method in ("yarn", "ntk-by-parts"):
         attn = s.attn_factor if s.method == "yarn" else 1.0 / yarn_temperature(s.factor)
-        return LlamaRope("yarn", _f32_or_fail(s.base, "the rope base"), _f32_or_fail(s.factor, "the factor"), L0, f32(attn),
-                         s.beta_fast, s.beta_slow)
+        return LlamaRope("yarn", base, factor, L0, checked_f32(attn, "attn_factor", "attn_factor"),
+                         checked_f32(s.beta_fast, "beta_fast", "beta_fast"),
+                         checked_f32(s.beta_slow, "beta_slow", "beta_slow"))
     if s.method == "llama3":
         import numpy as np
 
         from .reference import inv_freq
         plain = s.base ** (-2.0 * np.arange(s.dims // 2) / s.dims)
-        return LlamaRope("none", _f32_or_fail(s.base, "the rope base"), original_context=L0,
+        return LlamaRope("none", base, original_context=L0,
                          freq_factors=tuple(float(v) for v in plain / inv_freq(s)[0]))
     raise AssertionError(s.method)  # pragma: no cover - RopeScaling validates the method
 
 
-def _f32_or_fail(value: float, what: str) -> float:
+def checked_f32(value: float, what: str, smaller: str = "") -> float:
+    """``value`` rounded to float32, as llama.cpp holds every rope float (GGUF keys, ggml's
+    arguments); a ValueError naming ``what`` (and, given, the parameter to make smaller) when it
+    is not a finite float32."""
+    value = float(value)
     try:
         stored = f32(value)
-    except OverflowError:
+    except OverflowError:  # struct refuses what rounds past float32's largest number
         stored = math.inf
     if not math.isfinite(stored):
-        raise ValueError(f"{what} {value:g} does not fit llama.cpp's float32 (at most 3.4e+38)")
+        fix = f"; choose a smaller {smaller}" if smaller else ""
+        raise ValueError(f"{what} {value:g} does not fit llama.cpp's float32 (at most 3.4e+38){fix}")
     return stored
 
 

@@ -75,6 +75,15 @@ class Result:
                 "seconds": self.seconds}
 
 
+def read_text(path: str) -> str:
+    """A text to measure on (`pyntk ppl --text`, `pyntk plan --measure --text`), as UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise PyntkError(f"{path}: not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
+
+
 def first_scored(length: int, score: str) -> int:
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")

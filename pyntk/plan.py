@@ -20,17 +20,19 @@ args use this module and run without the core.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from . import evidence
 from .errors import PyntkError
+from .llamacpp import RopeView, to_llama, with_context
 from .reference import inv_freq
-from .scaling import METHODS, RopeScaling
+from .scaling import METHODS, USES, RopeScaling, needs_context
 from .spectrum import TOL, full_interpolation, pair_table
 
 
@@ -79,9 +81,9 @@ def scaling_for(method: str, target: int, *, dims: int, base: float, training_co
     kw: dict = dict(method=method, base=base, dims=dims)
     if method == "ntk":
         kw["alpha"] = alpha_for_context(target, dims, base, training_context)
-    elif method != "none":
+    elif "factor" in USES[method]:
         kw["factor"] = max(1.0, target / training_context)
-    if method not in ("none", "ntk", "linear"):
+    if needs_context(method):
         kw["original_context"] = training_context
     kw.update(params)
     return RopeScaling(**kw)
@@ -155,9 +157,11 @@ def option(scaling: RopeScaling, training_context: int, target: int) -> Option:
 # "pyntk": llama.cpp driven by pyntk.dynamic, which adds dynamic scaling (pyntk.dynamic.Dynamic).
 RUNTIMES = ("file", "freq_base", "pyntk")
 
-# Setups measured beside the methods: label -> the method it runs at the target (set up by
-# scaling_for), served per request length through pyntk.dynamic.Dynamic.
-DYNAMIC = {"dynamic-yarn": "yarn"}
+# "dynamic-METHOD": METHOD set up for each request's length, served through pyntk.dynamic.Dynamic
+# (`pyntk ppl --method dynamic-yarn`); at the target it runs METHOD set up by scaling_for.
+DYNAMIC = "dynamic-"
+# The dynamic-METHOD setups the pyntk runtime offers (measured beside the methods).
+PER_REQUEST = ("dynamic-yarn",)
 
 # When to prefer a setup that did not come first.
 WHEN = {
@@ -180,12 +184,23 @@ WHEN = {
 TIE = 0.005
 
 
+def per_request_method(label: str) -> Optional[str]:
+    """METHOD of a "dynamic-METHOD" label, else None."""
+    return label[len(DYNAMIC):] if label.startswith(DYNAMIC) else None
+
+
+def served(label: str) -> bool:
+    """Whether a setup is served per request by pyntk.dynamic.Dynamic rather than written into the
+    file: Dynamic NTK and every dynamic-METHOD."""
+    return label == "dynamic" or per_request_method(label) is not None
+
+
 def runtime_setups(runtime: str) -> Tuple[str, ...]:
-    """The setups (method names, and the DYNAMIC labels) a runtime can run."""
+    """The setups (method names, and the PER_REQUEST labels) a runtime can run."""
     from .target import FILE_METHODS  # imported here: target imports this module
 
     setups = {"file": tuple(FILE_METHODS), "freq_base": ("none", "ntk"),
-              "pyntk": (*FILE_METHODS, "dynamic", *DYNAMIC)}
+              "pyntk": (*FILE_METHODS, "dynamic", *PER_REQUEST)}
     if runtime not in setups:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     return setups[runtime]
@@ -193,7 +208,7 @@ def runtime_setups(runtime: str) -> Tuple[str, ...]:
 
 def setup_for(label: str, target: int, *, dims: int, base: float, training_context: int) -> RopeScaling:
     """The scaling a setup runs at ``target`` tokens when set up for them."""
-    return scaling_for(DYNAMIC.get(label, label), target, dims=dims, base=base,
+    return scaling_for(per_request_method(label) or label, target, dims=dims, base=base,
                        training_context=training_context)
 
 
@@ -218,7 +233,7 @@ class RunnerUp(NamedTuple):
 
 @dataclass(frozen=True)
 class Pick:
-    """A setup chosen for a target: its label (a method, or a DYNAMIC label) and what the
+    """A setup chosen for a target: its label (a method, or a dynamic-METHOD) and what the
     criterion says of the scaling it runs at the target."""
 
     label: str
@@ -273,8 +288,15 @@ def evidence_rows(m: evidence.Measurement) -> dict:
 
 
 def _check_target(target) -> None:
+    from .target import MAX_CONTEXT  # imported here: target imports this module
+
     if isinstance(target, bool) or int(target) != target or target < 1:
         raise ValueError(f"target context must be a positive whole number of tokens, got {target!r}")
+    # gguf-set and args refuse such a context: recommending a setup for it would be advice no
+    # command of pyntk accepts
+    if target > MAX_CONTEXT:
+        raise ValueError(f"target context {target} is past {MAX_CONTEXT} tokens (2^24), where llama.cpp's "
+                         f"float32 positions stop telling neighbouring tokens apart; give a smaller --ctx")
 
 
 def _picks(runtime: str, target: int, common: dict) -> Tuple[List[Pick], list]:
@@ -352,6 +374,59 @@ def recommended_scaling(dims: int, base: float, training_context: int, target: i
     rec = recommend(target, dims=dims, base=base, training_context=training_context, runtime=runtime)
     runner = RunnerUp(rec.runner_up.scaling, WHEN[rec.runner_up.label]) if rec.runner_up else None
     return rec.scaling, rec.reason, runner
+
+
+# --- the recommendation as command-line options, and the layers it reaches ---------------------------
+
+def cli_options(**values) -> List[str]:
+    """``--name value`` for each value that is not None (underscores become dashes), every number
+    as short as it can be while still the same number ("2", not "2.0"), so a printed command
+    repeats the values exactly."""
+    out = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        text = str(value)
+        if isinstance(value, float):
+            text = f"{value:g}" if float(f"{value:g}") == value else repr(value)
+        out += ["--" + name.replace("_", "-"), text]
+    return out
+
+
+def scaling_options(scaling: RopeScaling, target: int) -> List[str]:
+    """The scaling options (gguf-set's, args') that give ``scaling`` and a context of ``target``
+    tokens: the method (implied by --alpha for ntk) and each parameter it uses that is not at its
+    default, the factor and alpha always. original_context is not one: they read it from the file."""
+    if scaling.method == "none":
+        return ["--method", "none"]
+    defaults = {f.name: f.default for f in dataclasses.fields(RopeScaling)}
+    values: dict = {} if scaling.method == "ntk" else {"method": scaling.method}
+    for name in USES[scaling.method]:
+        value = getattr(scaling, name)
+        if name != "original_context" and (value != defaults[name] or name in ("alpha", "factor")):
+            values[name] = value
+    return cli_options(**values, ctx=target)
+
+
+# What a layer runs when the global layers run a scaling (layer_kinds): "scaled", the scaling over
+# the whole context; "window", the scaling within a sliding window only; "own", a window layer's
+# rope of its own, which the scaling does not reach; "none", no RoPE at all.
+LAYER_KINDS = ("scaled", "window", "own", "none")
+
+
+def layer_kinds(view: RopeView, scaling: RopeScaling, target: int, *, in_file: bool) -> Dict[int, str]:
+    """Each layer's kind (LAYER_KINDS) when llama.cpp runs ``scaling`` for ``target`` tokens, written
+    into the file or (``in_file`` False) given at run time, read off the llama.cpp contract
+    (RopeView.layer_ropes): a layer rotates with the scaling when it runs its base and scale with
+    as many rotary dimensions. Only "scaled" layers relate tokens up to the target apart with the
+    scaled rope, so the criterion is theirs: window layers never see pairs further apart than the
+    window (within the training context), and a layer without RoPE has no pairs at all."""
+    rope = with_context(to_llama(scaling, length=target), view)
+    kinds = {il: "none" for il in range(view.layers)}
+    for layer in view.layer_ropes(rope, in_file=in_file, n_ctx=target):
+        same = (layer.freq_base, layer.freq_scale, layer.dims) == (rope.freq_base, rope.freq_scale, view.dims)
+        kinds[layer.index] = ("window" if layer.window else "scaled") if same else "own"
+    return kinds
 
 
 def plot_spectrum(rec: Recommendation, path, *, title: str = "") -> None:

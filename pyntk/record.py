@@ -7,7 +7,9 @@ Key layout (all written on the first edit; originals are never overwritten after
                     them, so later edits are in place
   pyntk.format      u32     layout version of these keys (1)
   pyntk.version     string  pyntk version that recorded the originals
-  pyntk.scaling     string  JSON of the scaling in effect, space-padded to a fixed width
+  pyntk.scaling     string  JSON of the scaling in effect (RopeScaling.to_dict() under "scaling"; files
+                            edited by an older pyntk have only its method, alpha and factor), the
+                            base and context written, space-padded to a multiple of 256 bytes
   pyntk.layout      u64[2]  [prefix_end, kv_end]: no key pyntk reads lies after prefix_end, the
                             tensor infos start at kv_end (lets pyntk skip the vocabulary); only a
                             hint: GGUFFile checks it against the bytes before using it
@@ -65,7 +67,6 @@ class Record:
     originals: Dict[str, Original]
     absent: Tuple[str, ...]
     scaling: Dict[str, Any]
-    layout: Optional[Tuple[int, int]]
 
     def covers(self, name: str) -> bool:
         return name in self.originals or name in self.absent
@@ -113,10 +114,8 @@ def read_record(gguf: GGUFFile) -> Optional[Record]:
         scaling = json.loads(gguf.value(SCALING_KEY, "{}"))
     except (TypeError, ValueError):
         scaling = {}
-    layout = gguf.value(LAYOUT_KEY)
-    layout = tuple(layout) if isinstance(layout, list) and len(layout) == 2 else None
     return Record(entry.value, version if isinstance(version, str) else "", originals, tuple(absent),
-                  scaling if isinstance(scaling, dict) else {}, layout)
+                  scaling if isinstance(scaling, dict) else {})
 
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,31 +26,43 @@ METHODS = {
 }
 
 # Which optional parameters each method takes; anything else must stay at its default.
-_USES = {
-    "none": set(),
-    "linear": {"factor"},
-    "ntk": {"alpha"},
-    "dynamic": {"factor", "original_context"},
-    "ntk-by-parts": {"factor", "original_context", "beta_fast", "beta_slow"},
-    "yarn": {"factor", "original_context", "beta_fast", "beta_slow", "attn_factor"},
-    "llama3": {"factor", "original_context", "low_freq_factor", "high_freq_factor"},
+# The one table of method -> parameters: the CLI, target planning and records derive from it.
+USES: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "linear": ("factor",),
+    "ntk": ("alpha",),
+    "dynamic": ("factor", "original_context"),
+    "ntk-by-parts": ("factor", "original_context", "beta_fast", "beta_slow"),
+    "yarn": ("factor", "original_context", "beta_fast", "beta_slow", "attn_factor"),
+    "llama3": ("factor", "original_context", "low_freq_factor", "high_freq_factor"),
 }
-_NEEDS_CONTEXT = {m for m, uses in _USES.items() if "original_context" in uses}
+
+
+def needs_context(method: str) -> bool:
+    """Whether ``method`` needs the model's training context (original_context)."""
+    return "original_context" in USES[method]
+
+
 # The NTK base exponent d/(d-2) is undefined for a single pair.
 _NEEDS_TWO_PAIRS = {"ntk", "dynamic"}
 
 MAX_DIMS = 1 << 16
+# Every consumer (the C++ core, the numpy reference, the llama.cpp mapping) derives the scaled base
+# and the wavelengths 2*pi/inv_i in float64: both must stay below its largest number.
+_LOG_MAX = math.log(sys.float_info.max)
 
 
-def _whole(name: str, value, low: int, high: int, hint: str) -> int:
+def whole(name: str, value, low: int, high: int, hint: str = "") -> int:
+    """``value`` as an int from ``low`` to ``high``; a ValueError (saying ``hint``) otherwise."""
+    hint = f" ({hint})" if hint else ""
     try:
         if isinstance(value, bool):
             raise TypeError
         number = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be a whole number ({hint}), got {value!r}") from None
+        raise ValueError(f"{name} must be a whole number{hint}, got {value!r}") from None
     if not low <= number <= high:
-        raise ValueError(f"{name} must be from {low} to {high} ({hint}), got {number}")
+        raise ValueError(f"{name} must be from {low} to {high}{hint}, got {number}")
     return number
 
 
@@ -98,7 +111,7 @@ class RopeScaling:
                 f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}"
             )
         low_dims = 4 if self.method in _NEEDS_TWO_PAIRS else 2
-        dims = _whole("dims", self.dims, low_dims, MAX_DIMS, "the rotary dimensions, e.g. 128")
+        dims = whole("dims", self.dims, low_dims, MAX_DIMS, "the rotary dimensions, e.g. 128")
         if dims % 2:
             raise ValueError(f"dims must be even (RoPE rotates pairs), got {dims}")
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -127,9 +140,9 @@ class RopeScaling:
             )
 
         if self.original_context is not None:
-            set_("original_context", _whole("original_context", self.original_context, 1, 2**32 - 1,
+            set_("original_context", whole("original_context", self.original_context, 1, 2**32 - 1,
                                             "the model's training context in tokens"))
-        elif self.method in _NEEDS_CONTEXT:
+        elif needs_context(self.method):
             raise ValueError(
                 f"method {self.method!r} needs original_context (the model's training context, "
                 f"e.g. 4096)"
@@ -138,11 +151,36 @@ class RopeScaling:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor",
                      "low_freq_factor", "high_freq_factor"):
-            if name not in _USES[self.method] and getattr(self, name) != defaults[name]:
-                users = [m for m, uses in _USES.items() if name in uses]
+            if name not in USES[self.method] and getattr(self, name) != defaults[name]:
+                users = [m for m, uses in USES.items() if name in uses]
                 raise ValueError(
                     f"{name} does not apply to method {self.method!r}; it is used by: {', '.join(users)}"
                 )
+        self._check_range()
+
+    def _check_range(self) -> None:
+        """Refuse an alpha, factor or base whose scaled base or longest wavelength is past float64
+        (computed in logarithms, so nothing overflows here)."""
+        d, method = self.dims, self.method
+        log_base, cause = math.log(self.base), "base"
+        if method == "ntk":
+            log_base += d / (d - 2) * math.log(self.alpha)
+            cause = "alpha"
+        elif method == "dynamic":  # the base at the target context, factor * original_context
+            s = self.factor
+            log_base += d / (d - 2) * math.log(s * s - s + 1)
+            cause = "factor"
+        elif self.factor != 1.0:  # the other methods divide a frequency by the factor at most
+            cause = "factor"
+        divisor = 1.0 if method == "dynamic" else self.factor
+        log_wavelength = math.log(2 * math.pi) + (d - 2) / d * log_base + math.log(divisor)
+        if max(log_base, log_wavelength) >= _LOG_MAX:
+            value = getattr(self, cause)
+            with_base = f" with base {self.base:g}" if cause != "base" else ""
+            raise ValueError(
+                f"{cause} {value:g}{with_base} is too large for {method}: the scaled base or the longest "
+                f"wavelength would pass {sys.float_info.max:.2g}, the largest float64; choose a smaller {cause}"
+            )
 
     @property
     def ntk_base(self) -> float:
@@ -158,7 +196,7 @@ class RopeScaling:
         """A short human summary, e.g. ``ntk alpha=4 (base 10000 -> 65536)``."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         parts = [self.method]
-        for name in sorted(_USES[self.method]):
+        for name in sorted(USES[self.method]):
             value = getattr(self, name)
             if value != defaults[name] or name in ("factor", "alpha", "original_context"):
                 parts.append(f"{name}={value:g}")

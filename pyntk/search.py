@@ -1,6 +1,10 @@
 """`pyntk plan --measure`: narrow each method family's parameters by perplexity at the target on the
 user's own text, within a time budget; every measurement is cached, so an interrupted run resumes.
 
+prepare() loads the model and the text's tokens and opens their cache, measure_text() searches from
+the recommendation and its runner-up, summary() says what was found; run() is the search itself,
+given any function that measures a setup.
+
 The search is a pattern search per parameter on a log scale, from the value pyntk's rule gives
 (plan.scaling_for): try the value times `step` and divided by it; move to whichever is better,
 else take the square root of the step; stop when the step falls below `min_step`. YaRN narrows its
@@ -22,14 +26,18 @@ import hashlib
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Generator, Iterable, List, Optional
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional
 
 import numpy as np
 
+from .errors import PyntkError
+from .plan import Recommendation, pair_rows
 from .scaling import RopeScaling
 
 # method -> its parameters in the order they are narrowed: (name, first step, smallest step, lowest)
@@ -156,7 +164,7 @@ def run(starts: Iterable[RopeScaling], measure: Callable[[RopeScaling], float], 
         clock: Callable[[], float] = time.monotonic) -> Outcome:
     """Narrow every family from its start, families taking turns, until each search ends or the
     next measurement would not finish within ``budget_seconds`` (judged from the mean time of
-    those measured so far; the first is always made). Cached setups cost nothing."""
+    those in the cache; this run's first is always made). Cached setups cost nothing."""
     t0 = clock()
     searches = []
     for start in starts:
@@ -176,8 +184,9 @@ def run(starts: Iterable[RopeScaling], measure: Callable[[RopeScaling], float], 
                 if hit is not None:
                     point = Point(family, scaling, hit["ppl"], hit["seconds"], True)
                 else:
-                    estimate = cache.mean_seconds()
-                    if estimate is not None and clock() - t0 + estimate > budget_seconds:
+                    # Not before this run's first measurement: a cache warmed by other runs (or
+                    # other targets' setups) may say that none fits, and every run must progress.
+                    if new and clock() - t0 + cache.mean_seconds() > budget_seconds:
                         return Outcome(points, False, new)
                     t = clock()
                     ppl = measure(scaling)
@@ -193,3 +202,94 @@ def run(starts: Iterable[RopeScaling], measure: Callable[[RopeScaling], float], 
             except StopIteration:
                 searches.remove(entry)
     return Outcome(points, True, new)
+
+
+# --- on a model and a text ---------------------------------------------------------------------------
+
+def starts(rec: Recommendation) -> List[RopeScaling]:
+    """Where the search starts: the recommendation and the runner-up, those with AXES to narrow."""
+    found = [rec.scaling] + ([rec.runner_up.scaling] if rec.runner_up else [])
+    found = [s for i, s in enumerate(found) if s.method in AXES and s not in found[:i]]
+    if not found:
+        raise PyntkError(f"nothing to search for {rec.scaling.describe()}; --measure narrows "
+                         f"{', '.join(AXES)}")
+    return found
+
+
+def prepare(model_path: str, text_path: str, target: int, *, threads: Optional[int] = None):
+    """(the model, the first ``target`` tokens of the text, their Cache)."""
+    from .llama import Model  # imported here: llama-cpp-python loads only to measure
+    from .perplexity import read_text
+
+    model = Model(model_path, threads=threads)
+    tokens = model.tokenize(read_text(text_path))
+    if len(tokens) < target:
+        raise PyntkError(f"{text_path} has {len(tokens)} tokens but --measure reads {target} (--ctx); "
+                         f"give a longer text or a smaller --ctx")
+    tokens = tokens[:target]
+    header = {"model": model.path, "text": os.path.abspath(text_path), "target": target}
+    return model, tokens, Cache(cache_path(model.path, tokens, target), header)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def measure_text(rec: Recommendation, model, tokens, cache: Cache, *, budget_seconds: float,
+                 report: Callable[[Point], None] = lambda p: None,
+                 progress: Callable[[RopeScaling], Any] = lambda scaling: _NoBar()) -> Outcome:
+    """run() from starts(rec), each setup measured by perplexity on ``tokens`` (one window from
+    position 0, its second half scored, as `pyntk ppl`). ``progress(scaling)`` gives a context
+    manager with ``update(tokens)``, such as a tqdm bar. Ctrl-C raises KeyboardInterrupt before an
+    unfinished measurement can be cached."""
+    from .perplexity import Candidate, evaluate
+
+    first = starts(rec)
+    # Ctrl-C raises KeyboardInterrupt, except inside llama.cpp's log callback (Python called from
+    # C while a context is created), which swallows it: keep it, and raise it again after the
+    # window, before the measurement can be cached.
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    def measure(scaling: RopeScaling) -> float:
+        with progress(scaling) as bar:
+            def step(n):
+                bar.update(n)
+                if interrupted:
+                    raise KeyboardInterrupt
+            [result] = evaluate(model, tokens, [len(tokens)], [Candidate(scaling.method, scaling)],
+                                progress=step)
+        return result.ppl
+
+    main = threading.current_thread() is threading.main_thread()  # signals: the main thread only
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main else None
+    try:
+        return run(first, measure, cache, budget_seconds=budget_seconds, report=report)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def summary(outcome: Outcome, rec: Recommendation) -> Dict[str, Any]:
+    """What a search found: every point, each family's best, the winner, how far the recommendation
+    is from it (None when the search did not measure it: a setup AXES does not narrow, such as
+    Dynamic NTK) and the winner's pairs out of distribution by the criterion."""
+    win = outcome.winner
+    rule = next((p for p in outcome.points if p.scaling == rec.scaling), None)
+    families = sorted({p.family for p in outcome.points}, key=lambda f: outcome.best_of(f).ppl)
+    return {"complete": outcome.complete, "new_measurements": outcome.new,
+            "points": [p.to_dict() for p in outcome.points],
+            "best_per_family": {f: outcome.best_of(f).to_dict() for f in families},
+            "winner": win.to_dict(), "recommendation_vs_winner": rule.ppl / win.ppl - 1 if rule else None,
+            "pairs_out_of_distribution": sum(not r["in_distribution"] for r in
+                                             pair_rows(win.scaling, rec.training_context, rec.target))}

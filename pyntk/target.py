@@ -4,18 +4,17 @@ from the model's ORIGINAL values (so repeated edits never compound), and what ll
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from . import evidence
 from .errors import PyntkError
-from .llamacpp import CTX_PAD, LlamaRope, RopeView, f32, to_llama, with_context
+from .llamacpp import CTX_PAD, LlamaRope, RopeView, checked_f32, to_llama, with_context
 from .plan import alpha_for_context, recommended_scaling, supported_context
-from .scaling import RopeScaling
+from .scaling import USES, RopeScaling, needs_context
 
-# The methods llama.cpp can run from a file alone (static NTK is a new base; NTK-by-parts is
-# YaRN with its temperature cancelled through rope.scaling.attn_factor).
+# The methods llama.cpp can run from a file's keys or its runtime flags (static NTK is a new base;
+# NTK-by-parts is YaRN with its temperature cancelled through rope.scaling.attn_factor).
 FILE_METHODS = ("none", "ntk", "linear", "yarn", "ntk-by-parts")
 
 # The longest reach, as a multiple of the training context, that any measurement supports, with
@@ -55,8 +54,7 @@ def _check_scalable(original: RopeView) -> None:
     try:
         RopeScaling(method="none", base=original.base, dims=original.dims,
                     original_context=original.original_context)
-        if not _fits_f32(original.base):  # a float64 in the file may be past float32's range
-            raise ValueError(f"rope.freq_base {original.base:g} does not fit float32")
+        checked_f32(original.base, "rope.freq_base")  # a float64 in the file may be past float32's range
     except ValueError as e:
         raise PyntkError(f"{original.path}: the model's own RoPE values cannot be scaled: {e}; the file is "
                          f"corrupt or was written by a broken converter") from None
@@ -89,15 +87,13 @@ def beyond_measured(target: "Target") -> str:
             f"4k -> 128k tokens, 32x)")
 
 
-def _fits_f32(value: float) -> bool:
-    try:
-        return math.isfinite(f32(value))
-    except OverflowError:
-        return False
-
-
-_OPTIONS = {"none": set(), "ntk": {"--alpha", "--base", "--ctx"}, "linear": {"--factor", "--ctx"},
-            "yarn": {"--factor", "--ctx"}, "ntk-by-parts": {"--factor", "--ctx"}}
+def _options(method: str) -> set:
+    """The options gguf-set takes with ``method``: its scale parameter (--alpha, or --base for the
+    NTK base itself; --factor) or --ctx, which any scaling can be set up for."""
+    options = {"--" + name for name in USES[method] if name in ("alpha", "factor")}
+    if "--alpha" in options:
+        options.add("--base")
+    return (options | {"--ctx"}) if options else set()
 
 
 def _check_ctx(ctx, L0: int) -> None:
@@ -128,8 +124,8 @@ def plan_target(original: RopeView, *, method: Optional[str] = None, alpha: Opti
         _check_ctx(ctx, L0)
         recommended, why, _ = recommended_scaling(d, b0, L0, ctx)
         method = recommended.method
-        alpha = recommended.alpha if method == "ntk" else None
-        factor = recommended.factor if method not in ("none", "ntk") else None
+        alpha = recommended.alpha if "alpha" in USES[method] else None
+        factor = recommended.factor if "factor" in USES[method] else None
         if method == "ntk-by-parts" and original.has_sliding_window:
             method, why = "yarn", why + "; yarn instead of ntk-by-parts for the sliding-window layers"
     if method is None:
@@ -143,22 +139,24 @@ def plan_target(original: RopeView, *, method: Optional[str] = None, alpha: Opti
             raise ValueError("nothing to do: give --alpha A, --ctx N, --base B or --method M --factor S "
                              "(e.g. --alpha 4), or --method none")
     if method not in FILE_METHODS:
-        raise ValueError(f"llama.cpp cannot apply {method!r} from a GGUF file (it implements linear and "
-                         f"yarn scaling, static NTK through the base and NTK-by-parts as yarn); use "
-                         f"--method {', '.join(FILE_METHODS[1:])}")
+        raise ValueError(f"llama.cpp cannot apply {method!r} through its file keys or its runtime flags (it "
+                         f"implements linear and yarn scaling, static NTK through the base and NTK-by-parts "
+                         f"as yarn); use --method {', '.join(FILE_METHODS[1:])}")
     given = {"--alpha": alpha, "--factor": factor, "--base": base, "--ctx": ctx}
+    takes = _options(method)
     for option, value in given.items():
-        if value is not None and option not in _OPTIONS[method]:
-            takes = " or ".join(sorted(_OPTIONS[method]))
-            hint = f"{method} takes {takes}" if takes else "--method none restores unscaled RoPE and takes no parameters"
+        if value is not None and option not in takes:
+            listed = " or ".join(sorted(takes))
+            hint = (f"{method} takes {listed}" if takes
+                    else "--method none restores unscaled RoPE and takes no parameters")
             raise ValueError(f"{option} does not apply to --method {method}: {hint}")
-    if attn_factor is not None and method != "yarn":
+    if attn_factor is not None and "attn_factor" not in USES[method]:
         raise ValueError("--attn-factor applies to --method yarn only (its temperature multiplier)")
     if alpha is not None and base is not None:
         raise ValueError("give --alpha or --base, not both (--base B sets the NTK base directly)")
-    if method == "ntk" and alpha is None and base is None and ctx is None:
+    if "alpha" in USES[method] and alpha is None and base is None and ctx is None:
         raise ValueError("--method ntk needs --alpha A, --base B or --ctx N (e.g. --alpha 4)")
-    if method in ("linear", "yarn", "ntk-by-parts") and factor is None and ctx is None:
+    if "factor" in USES[method] and factor is None and ctx is None:
         raise ValueError(f"--method {method} needs --factor S or --ctx N (e.g. --factor 4)")
     if ctx is not None:
         _check_ctx(ctx, L0)
@@ -178,20 +176,14 @@ def plan_target(original: RopeView, *, method: Optional[str] = None, alpha: Opti
     else:
         if factor is None:
             factor = ctx / L0
-        extra = {"original_context": L0} if method != "linear" else {}
+        extra = {"original_context": L0} if needs_context(method) else {}
         if attn_factor is not None:
             extra["attn_factor"] = attn_factor
         scaling = RopeScaling(method=method, factor=factor, **common, **extra)
-    for option, value in (("--factor", factor), ("the new rope base", base)):
-        if value is not None and not _fits_f32(value):
-            raise ValueError(f"{option} {value:g} does not fit GGUF's float32 (at most 3.4e+38)")
-    try:
-        if method == "ntk" and base is not None:  # exactly the base asked for, not alpha's round trip
-            rope = to_llama(RopeScaling(method="none", base=base, dims=d))
-        else:
-            rope = to_llama(scaling)
-    except ValueError as e:
-        raise ValueError(f"{e}; choose a smaller --alpha") from None
+    if method == "ntk" and base is not None:  # exactly the base asked for, not alpha's round trip
+        rope = LlamaRope("none", checked_f32(base, "the new rope base", "--base"))
+    else:
+        rope = to_llama(scaling)
     rope = with_context(rope, original)
     if method == "ntk-by-parts" and any(layer.freq_scale == 1.0 for layer in original.layer_ropes(rope, in_file=True)):
         raise ValueError(f"{original.arch}'s sliding-window layers would be damaged by ntk-by-parts: llama.cpp "

@@ -88,6 +88,9 @@ def check_writable(plan: EditPlan) -> None:
             raise PyntkError(f"{directory}: is on a read-only file system; write the edited copy "
                              f"elsewhere with -o OUT.gguf")
         if not _writable_bits(dst) or not os.access(directory, os.W_OK | os.X_OK):
+            if plan.output != plan.source:  # -o names the place: choosing another is the fix
+                raise PyntkError(f"{directory}: the directory is read-only, so -o {plan.output} cannot be "
+                                 f"written; choose an -o path in a writable directory")
             raise PyntkError(f"{directory}: the directory is read-only, so the edited file cannot be "
                              f"written beside the original; make it writable (chmod u+w) or write the "
                              f"copy elsewhere with -o OUT.gguf")

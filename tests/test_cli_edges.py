@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +28,7 @@ from pyntk.cli import main
 from pyntk.edit import plan_set
 from pyntk.gguf_file import GGUFFile, encode_value
 from pyntk.llamacpp import f32, file_key_types, read as read_view
+from pyntk.record import SCALING_KEY
 from pyntk.scaling import RopeScaling
 from pyntk.writer import TEMP_MARK, apply
 
@@ -411,6 +413,47 @@ def test_info_flags_a_value_changed_after_the_edit(model, capsys, key):
     assert rc == 0 and ggufs.file_hash(model) == original
 
 
+@pytest.mark.parametrize("argv", [
+    ["--method", "yarn", "--factor", "2", "--attn-factor", "1.5"],
+    ["--method", "yarn", "--factor", "2"],
+    ["--method", "ntk-by-parts", "--factor", "2"],
+    ["--base", "40000"],
+    ["--alpha", "4"],
+    ["--method", "linear", "--factor", "2"],
+])
+def test_info_flags_nothing_right_after_an_edit(model, capsys, argv):
+    # pyntk.scaling did not record --attn-factor, and info rebuilt the scaling without it: it said
+    # "CHANGED llama.rope.scaling.attn_factor = 1.5, pyntk wrote 1" right after pyntk's own edit.
+    original = ggufs.file_hash(model)
+    rc, out, err = cli(capsys, "gguf-set", "--yes", "--json", *argv, model)
+    assert rc == 0, err
+    recorded = json.loads(GGUFFile(str(model)).value(SCALING_KEY))
+    assert recorded["scaling"] == json.loads(out)["target"]["scaling"]  # the whole scaling
+    rc, out, _ = cli(capsys, "info", model)
+    assert "CHANGED" not in out and "unreadable" not in out, out
+    rc, out, _ = cli(capsys, "info", "--json", model)
+    assert json.loads(out)["pyntk"]["changed_since"] == []
+    assert cli(capsys, "gguf-reset", "--yes", model)[0] == 0 and ggufs.file_hash(model) == original
+
+
+@pytest.mark.parametrize("argv", [["--alpha", "4"], ["--base", "40000"], ["--method", "yarn", "--factor", "2"],
+                                  ["--method", "ntk-by-parts", "--factor", "2"]])
+def test_a_file_edited_before_the_whole_scaling_was_recorded_still_reads(model, capsys, argv):
+    # such a pyntk.scaling holds only method, alpha, factor, base, context, original_context
+    original = ggufs.file_hash(model)
+    assert cli(capsys, "gguf-set", "--yes", *argv, model)[0] == 0
+    text = GGUFFile(str(model)).value(SCALING_KEY)
+    old = {k: v for k, v in json.loads(text).items() if k != "scaling"}
+    set_in_place(model, SCALING_KEY, json.dumps(old, separators=(",", ":")).ljust(len(text)))
+    rc, out, _ = cli(capsys, "info", "--json", model)
+    assert rc == 0 and json.loads(out)["pyntk"]["changed_since"] == []
+    set_in_place(model, "llama.context_length", 5000)  # and a change by another tool still shows
+    rc, out, _ = cli(capsys, "info", model)
+    assert [line.split()[:2] for line in out.splitlines() if "CHANGED" in line] == [["CHANGED",
+                                                                                     "llama.context_length"]]
+    assert cli(capsys, "gguf-reset", "--yes", model)[0] == 0 and ggufs.file_hash(model) == original
+
+
 # --- 10. leftover temporary files ---------------------------------------------------------------
 
 HOLD = r"""
@@ -458,3 +501,90 @@ def test_an_edit_removes_dead_temporary_files_of_any_model_in_its_folder(model, 
         holder.communicate("", timeout=60)
     rc, _, err = cli(capsys, "gguf-set", "--alpha", "2", "--yes", model)  # in place: still clears up
     assert rc == 0 and f"removed {elsewhere}" in err and not elsewhere.exists()
+
+
+# --- 11. numbers past float64 or llama.cpp's float32: one line naming the option and the fix -----
+
+@pytest.mark.parametrize("argv, words", [
+    (["args", "MODEL", "--method", "yarn", "--factor", "2", "--attn-factor", "1e39"],
+     "--attn-factor 1e+39 does not fit llama.cpp's float32 (at most 3.4e+38); choose a smaller --attn-factor"),
+    (["gguf-set", "--dry-run", "MODEL", "--method", "yarn", "--factor", "2", "--attn-factor", "1e39"],
+     "--attn-factor 1e+39 does not fit llama.cpp's float32 (at most 3.4e+38); choose a smaller --attn-factor"),
+    (["verify", "MODEL", "--method", "yarn", "--factor", "2", "--attn-factor", "1e39"],
+     "1e+39 does not fit llama.cpp's float32 (at most 3.4e+38); choose a smaller"),
+    (["freqs", "--method", "ntk", "--alpha", "1e300"], "--alpha 1e+300 with base 10000 is too large for ntk"),
+    (["freqs", "--base", "1e308", "--method", "ntk", "--alpha", "10"], "--alpha 10 with base 1e+308 is too large"),
+    (["freqs", "--method", "dynamic", "--factor", "1e300", "--ctx", "4096"],
+     "--factor 1e+300 with base 10000 is too large for dynamic"),
+    (["gguf-set", "--yes", "MODEL", "--alpha", "1e300"], "--alpha 1e+300 with base 10000 is too large for ntk"),
+])
+def test_numbers_out_of_range_are_one_line_errors_naming_the_fix(model, capsys, argv, words):
+    # OverflowError from struct.pack (attn_factor was the one float of the mapping left unchecked),
+    # ZeroDivisionError from pyntk freqs' wavelengths: tracebacks
+    before = ggufs.file_hash(model)
+    rc, out, err = cli(capsys, *[model if a == "MODEL" else a for a in argv])
+    line = one_error_line(err)
+    assert rc == 1 and words in line and "choose a smaller" in line, line
+    assert ggufs.file_hash(model) == before
+
+
+@pytest.mark.llama
+def test_ppl_refuses_an_alpha_past_float64(tmp_path, capsys):
+    # OverflowError in the numpy reference's NTK base
+    pytest.importorskip("llama_cpp")
+    import tinymodels
+    path = tinymodels.write_model(tmp_path / "tiny.gguf")
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    rc, _, err = cli(capsys, "ppl", path, "--text", text, "--method", "ntk:alpha=1e300")
+    line = one_error_line(err)
+    assert rc == 1 and "alpha 1e+300 with base 10000 is too large for ntk" in line and "choose a smaller" in line
+
+
+@pytest.mark.parametrize("error", [ZeroDivisionError("float division by zero"), OverflowError("math range error"),
+                                   struct.error("required argument is not a float")])
+def test_an_arithmetic_error_left_anywhere_is_one_line(capsys, monkeypatch, error):
+    # the safety net behind the checks: no command turns a number out of range into a traceback
+    from pyntk.cli import freqs
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(freqs, "pair_table", broken)
+    rc, out, err = cli(capsys, "freqs", "--alpha", "2")
+    line = one_error_line(err)
+    assert rc == 1 and out == "" and f"{type(error).__name__}: {error}" in line and "PYNTK_DEBUG=1" in line
+
+
+# --- 12. each message names what the user typed ------------------------------------------------
+
+def test_args_names_the_options_not_the_parameters(model, capsys):
+    for argv, words in ((["--method", "yarn", "--factor", "2", "--beta-fast", "0.5"],
+                         "--beta-fast must be greater than --beta-slow, got 0.5 <= 1"),
+                        (["--method", "linear", "--factor", "2", "--beta-fast", "40"],
+                         "--beta-fast does not apply to method 'linear'"),
+                        (["--method", "ntk-by-parts", "--factor", "2", "--attn-factor", "2"],
+                         "--attn-factor applies to --method yarn only")):
+        rc, _, err = cli(capsys, "args", model, *argv)
+        assert rc == 1 and words in one_error_line(err)
+
+
+@pytest.mark.parametrize("command", [["args"], ["gguf-set", "--yes"]])
+def test_dynamic_is_refused_as_something_llama_cpp_lacks(model, capsys, command):
+    # args, the runtime command, was told llama.cpp cannot apply it "from a GGUF file"
+    rc, _, err = cli(capsys, *command, model, "--method", "dynamic", "--factor", "2")
+    line = one_error_line(err)
+    assert rc == 1 and "cannot apply 'dynamic' through its file keys or its runtime flags" in line
+    assert "GGUF file" not in line
+
+
+def test_an_unwritable_output_directory_is_named_as_the_output(model, tmp_path, capsys):
+    # it said the edited file "cannot be written beside the original", which -o does not do
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    out = folder / "x.gguf"
+    rc, _, err = cli(capsys, "gguf-set", "--alpha", "2", "--yes", "-o", out, model)
+    line = one_error_line(err)
+    assert rc == 1 and f"-o {out} cannot be written; choose an -o path in a writable directory" in line
+    assert "beside the original" not in line and not out.exists()

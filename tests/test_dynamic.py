@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from pyntk import PyntkError, RopeScaling, plan, reference
+from pyntk import PyntkError, RopeScaling
 from pyntk import llama as llama_module
 from pyntk.dynamic import Cancelled, Dynamic, DynamicNTK, DynamicPolicy
 from pyntk.llama import Model
@@ -50,9 +50,9 @@ def test_within_training_context_equals_unscaled_model(model_path, rng):
 def test_beyond_training_context_equals_static_ntk_with_that_lengths_base(model_path, small, rng):
     tokens = rng.integers(0, 49152, size=150)
     # 150 prompt + 50 to generate = 200 tokens -> the 256-token bucket, whose base is
-    # Dynamic NTK's for 256 tokens: b * (8 * 256/128 - 7) ** (64/62)
+    # Dynamic NTK's for 256 tokens: b * (8 * 256/128 - 7) ** (64/62), factor 8 = 1024 / 128
     assert small.bucket_for(200) == 256
-    base = reference.dynamic_base(small.scaling, 256)
+    base = 1e5 * 9 ** (64 / 62)
     assert small.base_for(200) == pytest.approx(base, rel=1e-12)
     ours = small.logits(tokens, max_new_tokens=50)
     np.testing.assert_array_equal(ours, llama_logits(model_path, tokens, 256, rope_freq_base=base))
@@ -68,7 +68,7 @@ def test_short_requests_stay_unscaled_in_the_small_setup(model_path, small, rng)
 def test_buckets_bases_and_context_reuse(small):
     assert [small.bucket_for(n) for n in (1, 128, 129, 256, 257, 1024)] == [128, 128, 256, 256, 512, 1024]
     assert small.base_for(128) == 1e5
-    assert small.base_for(129) == small.base_for(256) == pytest.approx(reference.dynamic_base(small.scaling, 256))
+    assert small.base_for(129) == small.base_for(256) == pytest.approx(1e5 * 9 ** (64 / 62), rel=1e-12)  # as above
     assert small.base_for(1024) > small.base_for(512) > small.base_for(256)
     with pytest.raises(PyntkError, match="exceeds max_context 1024"):
         small.bucket_for(1025)
@@ -108,9 +108,10 @@ def test_needs_a_length(model_path):
     ("ntk", "alpha"),
 ])
 def test_each_method_runs_set_up_for_its_bucket(model_path, rng, method, kwargs):
-    if kwargs == "alpha":  # static NTK: base b * alpha^(d/(d-2)) with pyntk plan's alpha for 256
-        alpha = plan.alpha_for_context(256, 64, 1e5, 128)
-        kwargs = dict(rope_freq_base=1e5 * alpha ** (64 / 62))
+    if kwargs == "alpha":  # static NTK: base b * alpha^(d/(d-2)) with pyntk plan's alpha for 256:
+        # d_extra = 2 * ceil(32 * ln(128 / 2pi) / ln(1e5)) = 2 * ceil(8.378) = 18, alpha = 2^(62/18),
+        # so the base is 1e5 * 2^(62/18 * 64/62) = 1e5 * 2^(64/18)
+        kwargs = dict(rope_freq_base=1e5 * 2 ** (64 / 18))
     tokens = rng.integers(0, 49152, size=150)
     with Dynamic(model_path, method, max_context=1024, original_context=128, threads=THREADS) as dyn:
         assert dyn.bucket_for(200) == 256
@@ -130,13 +131,14 @@ def test_policy_buckets_and_scalings():
     assert yarn.scaling_for(16000).factor == 16128 / 8192  # its bucket's, not its own length's
     assert yarn.scaling == yarn.scaling_for(32768)  # the target's setup
     ntk = DynamicPolicy("ntk", 1e5, 64, 8192, 32768)
-    assert ntk.scaling_for(16384).alpha == plan.alpha_for_context(16384, 64, 1e5, 8192)
+    # the criterion's alpha for 2x (tests/test_plan.py HAND): 2^(62/40) = 2.928171
+    assert ntk.scaling_for(16384).alpha == pytest.approx(2 ** (62 / 40), rel=1e-12)
     linear = DynamicPolicy("linear", 1e5, 64, 8192, 32768)
     assert linear.scaling_for(24576) == RopeScaling(method="linear", base=1e5, dims=64, factor=3)
     # Hugging Face's dynamic NTK keeps its s = max_context / L0 and takes the base for B
     dyn = DynamicPolicy("dynamic", 1e5, 64, 8192, 32768, factor=4.0)
-    s = RopeScaling(method="dynamic", base=1e5, dims=64, factor=4, original_context=8192)
-    assert dyn.scaling_for(16384).ntk_base == pytest.approx(reference.dynamic_base(s, 16384), rel=1e-12)
+    # b * (s * B/L0 - (s - 1))^(d/(d-2)) = 1e5 * (4 * 16384/8192 - 3)^(64/62)
+    assert dyn.scaling_for(16384).ntk_base == pytest.approx(1e5 * 5 ** (64 / 62), rel=1e-12)
     assert "factor B/8192" in yarn.describe() and "unscaled within" in yarn.describe()
     with pytest.raises(PyntkError, match="exceeds max_context 32768"):
         yarn.bucket_for(32769)

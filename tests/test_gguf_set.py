@@ -147,8 +147,8 @@ def test_originals_are_written_once_and_never_overwritten(model):
         assert record.originals == first.originals and record.absent == first.absent
     assert {k: o.value for k, o in first.originals.items()} == {"llama.context_length": 4096,
                                                                  "llama.rope.freq_base": 10000.0}
-    assert set(first.absent) == {"llama.rope.scaling.type", "llama.rope.scaling.factor", "llama.rope.scaling.attn_factor",
-                                 "llama.rope.scaling.original_context_length"}
+    assert set(first.absent) == {"llama.rope.scaling.type", "llama.rope.scaling.factor",
+                                 "llama.rope.scaling.attn_factor", "llama.rope.scaling.original_context_length"}
     assert read_original(model).context_length == 4096
 
 

@@ -189,3 +189,26 @@ def test_a_none_file_with_attn_factor_reads_as_yarn_factor_1(tmp_path):
     path = tinymodels.write_model(tmp_path / "n.gguf", context=L0, scaling_type="none", attn_factor=1.2)
     s = read(path).scaling()
     assert (s.method, s.factor, s.attn_factor) == ("yarn", 1.0, f32(1.2))
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(method="yarn", factor=2, attn_factor=1e39), "attn_factor"),
+    (dict(method="yarn", factor=2, beta_fast=1e39), "beta_fast"),
+    (dict(method="ntk-by-parts", factor=2, beta_fast=1e40, beta_slow=1e39), "beta_fast"),
+    (dict(method="linear", factor=1e39), "factor"),
+    (dict(method="none", base=1e39), "base"),
+    (dict(method="ntk", alpha=1e36), "alpha"),  # the new base, 1e4 * 1e36^(64/62)
+])
+def test_every_float_llama_cpp_holds_is_checked_against_float32(kw, name):
+    # attn_factor reached struct.pack unchecked (OverflowError), the betas were not rounded or
+    # checked at all: every float of the mapping now goes through one check
+    if kw["method"] != "linear" and kw["method"] not in ("none", "ntk"):
+        kw["original_context"] = L0
+    scaling = RopeScaling(dims=D, **kw)
+    with pytest.raises(ValueError, match=f"does not fit llama.cpp's float32 .*; choose a smaller {name}$"):
+        llamacpp.to_llama(scaling)
+
+
+def test_the_betas_are_float32_like_every_other_float():
+    rope = llamacpp.to_llama(RopeScaling(method="yarn", factor=2, dims=D, original_context=L0, beta_fast=16.1))
+    assert rope.beta_fast == f32(16.1)

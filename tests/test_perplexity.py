@@ -11,7 +11,7 @@ import pytest
 from pyntk import PyntkError, RopeScaling, plan
 from pyntk.llama import Model
 from pyntk.perplexity import (Candidate, Result, evaluate, first_scored, format_table,
-                              plan_windows)
+                              plan_windows, read_text)
 from clirun import THREADS, run
 
 # Plain English prose for the tests (written for pyntk; about 600 tokens).
@@ -161,6 +161,16 @@ def test_windows_and_errors():
     assert first_scored(512, "half") == 256 and first_scored(512, "all") == 1
     with pytest.raises(ValueError, match="score"):
         first_scored(512, "most")
+
+
+def test_read_text_wants_utf8(tmp_path):
+    # `pyntk ppl --text` and `pyntk plan --measure --text` read their text through this one function
+    path = tmp_path / "t.txt"
+    path.write_bytes("caf\u00e9".encode("utf-8"))
+    assert read_text(str(path)) == "caf\u00e9"
+    path.write_bytes("caf\u00e9".encode("latin-1"))
+    with pytest.raises(PyntkError, match="not UTF-8 text; convert it"):
+        read_text(str(path))
 
 
 def test_table_lists_methods_by_length():

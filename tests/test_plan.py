@@ -2,6 +2,8 @@
 recommendation against hand-derived setups and the measurements in docs/results/, the evidence's
 traceability, and the `pyntk plan` command."""
 
+import argparse
+import ast
 import json
 import math
 import re
@@ -10,9 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ggufs
+import numpy as np
 import pytest
 
 from pyntk import RopeScaling, evidence, plan, reference
+from pyntk.cli import COMMANDS, build_parser
+from pyntk.cli._common import scaling_from_args
+from pyntk.llamacpp import read
 from pyntk.record import read_original
 from pyntk.target import plan_target
 from clirun import run
@@ -300,8 +307,9 @@ def test_acts_unscaled():
     d = plan.scaling_for("dynamic", 32768, **SMOL)
     assert plan.acts_unscaled(d, 8192) and not plan.acts_unscaled(d, 8193)
     assert not plan.acts_unscaled(plan.scaling_for("yarn", 32768, **SMOL), 100)
-    # the frequencies are numpy float64's, the same as the reference
-    assert reference.inv_freq(d, 8192)[0].tolist() == reference.inv_freq(plan.scaling_for("none", 1, **SMOL))[0].tolist()
+    # within the training context Dynamic NTK runs the unscaled frequencies b^(-2i/d), by hand
+    np.testing.assert_allclose(reference.inv_freq(d, 8192)[0], [1e5 ** (-2 * i / 64) for i in range(32)],
+                               rtol=1e-13)
 
 
 def test_plan_runs_without_the_compiled_core():
@@ -312,12 +320,105 @@ def test_plan_runs_without_the_compiled_core():
     assert out.strip() == "False"
 
 
+# --- what `pyntk plan` prints: options, per-request setups, layers, limits --------------------------
+
+@pytest.mark.parametrize("scaling", [
+    RopeScaling(method="yarn", factor=2, original_context=8192, dims=64, base=1e5),
+    RopeScaling(method="yarn", factor=2.6, attn_factor=1.07, beta_fast=16, beta_slow=2, original_context=8192,
+                dims=64, base=1e5),
+    RopeScaling(method="ntk", alpha=2.928171391891251, dims=64, base=1e5),
+    RopeScaling(method="ntk-by-parts", factor=3, beta_fast=24, original_context=8192, dims=64, base=1e5),
+    RopeScaling(method="linear", factor=4, dims=64, base=1e5),
+    RopeScaling(method="dynamic", factor=4, original_context=8192, dims=64, base=1e5),
+])
+def test_scaling_options_parse_back_into_the_scaling(scaling):
+    # the options `pyntk plan` prints (apply:, runtime flags, --measure's winner) give the scaling
+    # back, every parameter exactly, to any command that takes the scaling options
+    args = build_parser().parse_args(["args", "m.gguf", *plan.scaling_options(scaling, 32768)])
+    assert args.ctx == 32768
+    assert scaling_from_args(args, base=1e5, dims=64, original_context=8192) == scaling
+
+
+def test_cli_options_repeat_numbers_exactly():
+    assert plan.cli_options(method="yarn", alpha=None, factor=2.0, ctx=16384, attn_factor=1 / 3) == [
+        "--method", "yarn", "--factor", "2", "--ctx", "16384", "--attn-factor", "0.3333333333333333"]
+    # gguf-set repeats the options it was given by the same rule
+    from pyntk.cli.gguf_set import _scaling_options
+    typed = argparse.Namespace(method="yarn", alpha=None, factor=2.5, ctx=16384, base=None, beta_fast=16.0,
+                               beta_slow=None, attn_factor=1 / 3)
+    pairs = lambda words: dict(zip(words[::2], words[1::2]))  # noqa: E731 - in whatever order it lists them
+    assert pairs(_scaling_options(typed)) == pairs(plan.cli_options(**vars(typed)))
+
+
+def test_dynamic_method_labels():
+    # one encoding of METHOD set up per request length, "dynamic-METHOD", for every METHOD: `pyntk
+    # ppl --method dynamic-ntk` and the setups the pyntk runtime ranks read it alike
+    assert plan.per_request_method("dynamic-yarn") == "yarn" and plan.per_request_method("dynamic") is None
+    assert plan.served("dynamic") and plan.served("dynamic-ntk") and not plan.served("yarn")
+    s = plan.setup_for("dynamic-ntk", 16384, **SMOL)
+    assert s.method == "ntk" and s.alpha == pytest.approx(2.928171, rel=1e-6)  # HAND
+
+
+def test_no_subcommand_imports_another():
+    # STYLE.md: one module per subcommand; what two share lives in a library module (or _common)
+    subcommands = set(COMMANDS.values())
+    for path in (ROOT / "pyntk" / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                assert not subcommands.intersection(names), (path.name, names)
+
+
+def _model(tmp_path, arch, n_layer, **overrides):
+    """A small model of ``arch`` (llama's keys renamed) trained on 8192 tokens, 16 rotary dims, base 1e4."""
+    kv = {k.replace("llama.", f"{arch}."): v
+          for k, v in ggufs.model_kv("llama", n_layer=n_layer, context_length=8192).items()}
+    kv.update({"general.architecture": arch, **overrides})
+    return ggufs.write_gguf(tmp_path / f"{arch}.gguf", kv)
+
+
+def test_layers_the_criterion_is_for(tmp_path):
+    yarn = plan.scaling_for("yarn", 16384, dims=16, base=1e4, training_context=8192)
+    # models/cohere2.cpp: layers il % 4 == 3 use no RoPE, the window layers the run's rope
+    cohere2 = read(_model(tmp_path, "cohere2", 8, **{"cohere2.attention.sliding_window": 512}))
+    assert plan.layer_kinds(cohere2, yarn, 16384, in_file=True) == {
+        0: "window", 1: "window", 2: "window", 3: "none", 4: "window", 5: "window", 6: "window", 7: "none"}
+    # models/gemma3.cpp: the window layers (5 of 6) keep base 10000 and scale 1
+    gemma3 = read(_model(tmp_path, "gemma3", 6, **{"gemma3.attention.sliding_window": 512}))
+    assert plan.layer_kinds(gemma3, yarn, 16384, in_file=True) == {**{i: "own" for i in range(5)}, 5: "scaled"}
+    # models/gemma2.cpp: the window layers follow the file's values, not the runtime's
+    gemma2 = read(_model(tmp_path, "gemma2", 4))
+    assert plan.layer_kinds(gemma2, yarn, 16384, in_file=True) == {0: "window", 1: "scaled", 2: "window", 3: "scaled"}
+    assert plan.layer_kinds(gemma2, yarn, 16384, in_file=False) == {0: "own", 1: "scaled", 2: "own", 3: "scaled"}
+
+
+def test_plan_command_says_which_layers_rotate(tmp_path):
+    path = _model(tmp_path, "cohere2", 4, **{"cohere2.attention.sliding_window": 512})
+    out = run("plan", path, "--ctx", 16384, check=0).stdout
+    assert ("# 3 of 4 layers are sliding-window layers (window 512 tokens); no global layer rotates with this "
+            "scaling, so the criterion and the pairs below hold for none; the sliding-window layers (0, 1, 2) "
+            "rotate with it only within their window; layers without RoPE: 3\n") in out
+    data = json.loads(run("plan", path, "--ctx", 16384, "--json", check=0).stdout)
+    assert all(p["layers"] == [] for p in data["pairs"])
+
+
+def test_refuses_a_target_past_llama_cpps_positions(tmp_path):
+    # target.MAX_CONTEXT, which gguf-set and args enforce: advice no pyntk command would take
+    with pytest.raises(ValueError, match=r"past 16777216 tokens \(2\^24\)"):
+        plan.recommend(2 ** 24 + 1, **SMOL)
+    assert plan.recommend(2 ** 24, **SMOL).scaling.factor == 2048  # 2^24 / 8192
+    proc = run("plan", _model(tmp_path, "llama", 1), "--ctx", 999999999999)
+    assert proc.returncode == 1 and "2^24" in proc.stderr and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.model
-@pytest.mark.parametrize("target", [12288, 16384, 32768])
-def test_gguf_set_writes_the_same_recommendation(model_path, target):
+@pytest.mark.parametrize("target, factor", [(12288, 1.5), (16384, 2), (32768, 4)])
+def test_gguf_set_writes_the_same_recommendation(model_path, target, factor):
+    # what `pyntk plan` recommends for SmolLM2 (PINNED above): YaRN with factor T/8192
     info = read_original(model_path)
-    scaling, _, _ = plan.recommended_scaling(info.dims, info.base, info.original_context, target)
-    assert plan_target(info, ctx=target).scaling == scaling
+    assert plan_target(info, ctx=target).scaling == RopeScaling(method="yarn", factor=factor, original_context=8192,
+                                                                dims=64, base=1e5)
 
 
 @pytest.mark.model

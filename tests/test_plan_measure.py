@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pyntk import RopeScaling, search
+from pyntk import RopeScaling, evidence, plan, search
 from pyntk.cli import build_parser
+from pyntk.cli import plan as plan_command
 from pyntk.cli._common import scaling_from_args
 from clirun import THREADS
 
@@ -89,6 +90,36 @@ def test_budget_and_resume(tmp_path):
     fresh = _search([YARN, NTK], ppl, _cache(tmp_path / "fresh"))
     assert done.complete and [p.scaling for p in done.points] == [p.scaling for p in fresh.points]
     assert done.new == len(fresh.points) - 6
+
+
+def test_a_warm_cache_never_stops_a_run_before_its_first_measurement(tmp_path):
+    # another run (another --runtime: other setups) left a mean of 100 s in the cache; a 50 s budget
+    # still measures the first setup, then stops: (100 + 10) / 2 = 55 s more would end at 65 s
+    cache = _cache(tmp_path)
+    cache.put(NTK.replace(alpha=5.0), 12.0, 100.0)
+    out = _search([YARN], bowl(factor=2.6), cache, budget=50)
+    assert [p.scaling for p in out.points] == [YARN] and out.new == 1 and not out.complete
+    rec = plan.recommend(16384, dims=64, base=1e5, training_context=8192)  # yarn factor 2 (test_plan.py)
+    found = search.summary(out, rec)
+    assert found["winner"]["scaling"] == YARN.to_dict() and found["recommendation_vs_winner"] == 0
+
+
+def test_a_recommendation_the_search_does_not_narrow(tmp_path, monkeypatch, capsys):
+    # Made-up evidence where Dynamic NTK measured best (a Llama-2-shaped model at 2x): on the pyntk
+    # runtime it is recommended, and the search, which narrows no Dynamic NTK, starts from the runner-up
+    llama2 = dict(dims=128, base=1e4, training_context=4096)
+    ppls = {"none": (99, 5), "linear": (30, 9), "ntk": (6.0, 5.2), "dynamic": (4.0, 5), "yarn": (5.0, 5.1)}
+    setups = tuple(evidence.Setup(label, plan.scaling_for(label, 8192, **llama2), *ppl) for label, ppl in ppls.items())
+    made_up = evidence.Measurement("made-up", "a text", 128, 1e4, 4096, 8192, "-", "-", setups)
+    monkeypatch.setattr(evidence, "measurements", lambda: (made_up,))
+    rec = plan.recommend(8192, runtime="pyntk", **llama2)
+    assert rec.scaling.method == "dynamic" and rec.runner_up.scaling.method == "yarn"
+    assert search.starts(rec) == [rec.runner_up.scaling]
+    out = _search(search.starts(rec), bowl(factor=2.6), _cache(tmp_path))
+    found = search.summary(out, rec)
+    assert found["recommendation_vs_winner"] is None and found["winner"]["scaling"]["method"] == "yarn"
+    plan_command._print_measured({**found, "apply": "pyntk gguf-set ..."}, rec)
+    assert "the recommendation, dynamic factor=2 original_context=4096, was not measured" in capsys.readouterr().out
 
 
 def test_cache_file_is_keyed_by_model_tokens_and_target(tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pyntk import METHODS, RopeScaling, inv_freq
-from pyntk.scaling import MAX_DIMS
+from pyntk.reference import inv_freq as reference_inv_freq
+from pyntk.scaling import MAX_DIMS, USES, needs_context
 
 
 def make(method="none", **kw):
@@ -48,6 +49,55 @@ def test_invalid_parameters_name_the_parameter(kw, words):
         make(method, **kw)
     for word in words:
         assert word in str(e.value)
+
+
+PARAMETERS = ("original_context", "alpha", "factor", "beta_fast", "beta_slow", "attn_factor",
+              "low_freq_factor", "high_freq_factor")
+OTHER_VALUE = {"original_context": 4096, "alpha": 2.0, "factor": 2.0, "beta_fast": 16.0, "beta_slow": 2.0,
+               "attn_factor": 1.5, "low_freq_factor": 2.0, "high_freq_factor": 8.0}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_uses_is_the_table_rope_scaling_enforces(method):
+    # the public table every other module derives from: each parameter it lists is taken, each
+    # other refused; needs_context says which methods cannot do without the training context
+    assert list(USES) == list(METHODS) and isinstance(USES[method], tuple)
+    assert needs_context(method) == ("original_context" in USES[method])
+    context = {"original_context": 4096} if needs_context(method) else {}
+    for name in PARAMETERS:
+        kw = {**context, name: OTHER_VALUE[name]}
+        if name in USES[method]:
+            assert getattr(RopeScaling(method=method, **kw), name) == OTHER_VALUE[name]
+        elif name != "original_context":  # any method may carry the context it was set up for
+            with pytest.raises(ValueError, match=f"{name} does not apply"):
+                RopeScaling(method=method, **kw)
+    if needs_context(method):
+        with pytest.raises(ValueError, match="needs original_context"):
+            RopeScaling(method=method)
+
+
+@pytest.mark.parametrize("kw, cause", [
+    (dict(method="ntk", alpha=1e300), "alpha"),  # the NTK base overflows
+    (dict(method="ntk", alpha=10, base=1e308), "alpha"),
+    (dict(method="dynamic", factor=1e300), "factor"),  # the base at factor * original_context
+    (dict(method="linear", factor=1e308, base=1e300), "factor"),  # the longest wavelength overflows
+    (dict(method="yarn", factor=1e308, base=1e300), "factor"),
+    (dict(method="none", base=1.7e308, dims=MAX_DIMS), "base"),
+])
+def test_a_scaled_base_or_wavelength_past_float64_is_refused(kw, cause):
+    # These were accepted, then each consumer failed its own way: OverflowError in the NTK base,
+    # a ZeroDivisionError in pyntk freqs' wavelengths, an infinite base in llama.cpp's mapping.
+    method = kw.pop("method")
+    with pytest.raises(ValueError, match=f"^{cause} .* is too large for {method}: .* choose a smaller {cause}$"):
+        make(method, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(method="ntk", alpha=1e250), dict(method="dynamic", factor=1e120),
+                                dict(method="linear", factor=1e300), dict(method="none", base=1e300)])
+def test_large_accepted_scalings_have_finite_positive_frequencies_and_wavelengths(kw):
+    s = make(**kw)
+    inv, _ = reference_inv_freq(s, seq_len=int(s.factor * 4096))  # dynamic: at its target context
+    assert np.isfinite(inv).all() and (inv > 0).all() and np.isfinite(2 * np.pi / inv).all()
 
 
 def test_valid_parameters_are_normalised():

@@ -63,6 +63,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(argv: Optional[List[str]]) -> int:
+    import struct
+
     from ..errors import PyntkError
 
     parser = build_parser()
@@ -79,6 +81,12 @@ def _main(argv: Optional[List[str]]) -> int:
         if os.environ.get("PYNTK_DEBUG"):
             raise
         return fail(str(e))
+    except (ArithmeticError, struct.error) as e:
+        # A safety net: a number out of range should have been refused with its fix before here.
+        if os.environ.get("PYNTK_DEBUG"):
+            raise
+        return fail(f"a number out of range ({type(e).__name__}: {e}); try smaller values, or set "
+                    f"PYNTK_DEBUG=1 and report the traceback")
 
 
 if __name__ == "__main__":  # pragma: no cover

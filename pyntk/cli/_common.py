@@ -6,11 +6,13 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from ..errors import PyntkError
-from ..scaling import METHODS, RopeScaling, method_help
+from ..scaling import METHODS, USES, RopeScaling, method_help, needs_context
 
 
 def log(message: str) -> None:
@@ -98,32 +100,42 @@ def add_scaling_options(parser: argparse.ArgumentParser) -> None:
                    help="yarn: extra multiplier on the temperature 0.1*ln(s)+1 (default 1)")
 
 
+# The RopeScaling parameters add_scaling_options offers, each as --name-with-dashes.
+SCALING_OPTIONS = ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor")
+_PARAMETER = re.compile(r"(?<![\w.-])(" + "|".join(SCALING_OPTIONS) + r")\b")
+
+
+@contextmanager
+def options_named() -> Iterator[None]:
+    """RopeScaling and the llama.cpp contract speak of parameters (beta_fast); the user typed
+    options (--beta-fast): a ValueError inside says the options."""
+    try:
+        yield
+    except ValueError as e:
+        text = _PARAMETER.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        raise ValueError(text) from None
+
+
 def scaling_from_args(args: argparse.Namespace, *, base: float, dims: int,
                       original_context: Optional[int]) -> RopeScaling:
     """The RopeScaling the options describe; a ValueError names any option that does not fit."""
     method = args.method
     if method is None and args.factor is not None:
         from ..target import factor_needs_method
-        raise ValueError(factor_needs_method([m for m in METHODS if m not in ("none", "ntk")]))
+        raise ValueError(factor_needs_method([m for m in METHODS if "factor" in USES[m]]))
     if method is None:
         method = "ntk" if args.alpha is not None else "none"
-    if method == "ntk" and args.alpha is None:
-        raise ValueError("--method ntk needs --alpha (e.g. --alpha 4)")
-    if method not in ("none", "ntk") and args.factor is None:
+    if "alpha" in USES[method] and args.alpha is None:
+        raise ValueError(f"--method {method} needs --alpha (e.g. --alpha 4)")
+    if "factor" in USES[method] and args.factor is None:
         raise ValueError(f"--method {method} needs --factor (target context / training context)")
     kw: dict = dict(method=method, base=base, dims=dims)
-    if method in ("dynamic", "ntk-by-parts", "yarn", "llama3"):
+    if needs_context(method):
         if original_context is None:
             raise ValueError(f"--method {method} needs the training context (--ctx)")
         kw["original_context"] = original_context
-    for option in ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor"):
+    for option in SCALING_OPTIONS:
         if getattr(args, option) is not None:
             kw[option] = getattr(args, option)
-    try:
+    with options_named():
         return RopeScaling(**kw)
-    except ValueError as e:
-        # RopeScaling speaks of parameters; the user typed options.
-        text = str(e)
-        for option in ("beta_fast", "beta_slow", "attn_factor", "alpha", "factor"):
-            text = text.replace(option, "--" + option.replace("_", "-"), 1) if text.startswith(option) else text
-        raise ValueError(text) from None

@@ -17,6 +17,7 @@ from ._common import (
     add_command,
     add_json,
     add_scaling_options,
+    options_named,
     positive_float,
     positive_int,
     print_json,
@@ -45,18 +46,13 @@ def add_parser(sub, name: str) -> None:
 
 def run(args) -> int:
     original = read_original(args.model)
-    target = plan_target(original, method=args.method, alpha=args.alpha, factor=args.factor,
-                         ctx=args.ctx, base=args.base, force=args.force)
-    knobs = {k: getattr(args, k) for k in ("beta_fast", "beta_slow", "attn_factor") if getattr(args, k) is not None}
-    rope = target.rope
-    if knobs:
-        if target.scaling.method not in ("yarn", "ntk-by-parts"):
-            raise ValueError("--beta-fast, --beta-slow and --attn-factor apply to --method yarn "
-                             "(and the betas to ntk-by-parts) only")
-        scaling = target.scaling.replace(**knobs)
-        rope = llamacpp.with_context(llamacpp.to_llama(scaling), original)
-    else:
-        scaling = target.scaling
+    with options_named():
+        target = plan_target(original, method=args.method, alpha=args.alpha, factor=args.factor,
+                             ctx=args.ctx, base=args.base, attn_factor=args.attn_factor, force=args.force)
+        # the betas have no file key, so gguf-set's target leaves them out; at run time they apply
+        betas = {k: getattr(args, k) for k in ("beta_fast", "beta_slow") if getattr(args, k) is not None}
+        scaling = target.scaling.replace(**betas)
+        rope = llamacpp.with_context(llamacpp.to_llama(scaling), original) if betas else target.rope
     arch, ctx = original.arch, target.context
     try:
         override = llamacpp.override_kv(rope, arch, ctx)

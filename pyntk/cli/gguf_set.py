@@ -19,10 +19,12 @@ from ..record import RECORD_PREFIX
 from ..writer import apply, check_writable, human_size, is_applied
 from ._common import (
     METHODS_EPILOG,
+    SCALING_OPTIONS,
     add_command,
     add_json,
     add_scaling_options,
     log,
+    options_named,
     positive_float,
     positive_int,
     print_json,
@@ -96,15 +98,16 @@ def run_set(args) -> int:
             raise PyntkError(f"{flag} cannot be stored in the file for llama.cpp; pass it at run time "
                              f"(`{shlex.join(['pyntk', 'args', args.model, *_scaling_options(args)])}` "
                              f"prints the flags)")
-    plan = plan_set(args.model, method=args.method, alpha=args.alpha, factor=args.factor, ctx=args.ctx,
-                    base=args.base, attn_factor=args.attn_factor, force=args.force, output=args.output)
+    with options_named():
+        plan = plan_set(args.model, method=args.method, alpha=args.alpha, factor=args.factor, ctx=args.ctx,
+                        base=args.base, attn_factor=args.attn_factor, force=args.force, output=args.output)
     return _execute(plan, args)
 
 
 def _scaling_options(args) -> list:
     """The scaling options as typed, to repeat them in a command."""
     out = []
-    for option in ("method", "alpha", "factor", "ctx", "base", "beta_fast", "beta_slow", "attn_factor"):
+    for option in ("method", "ctx", "base", *SCALING_OPTIONS):
         value = getattr(args, option)
         if value is not None:
             text = f"{value:g}" if isinstance(value, float) else str(value)

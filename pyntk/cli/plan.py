@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import sys
 
-from ..errors import PyntkError
-from ..plan import DYNAMIC, RUNTIMES, WHEN, option, pair_rows, plot_spectrum, recommend, setup_for
+from ..plan import (LAYER_KINDS, PER_REQUEST, RUNTIMES, WHEN, layer_kinds, option, pair_rows,
+                    per_request_method, plot_spectrum, recommend, scaling_options, served, setup_for)
 from ..record import read_original
 from ..scaling import RopeScaling
 from ._common import add_command, add_json, check_plot, log, positive_float, positive_int, print_json
@@ -52,24 +51,6 @@ def add_parser(sub, name: str) -> None:
     add_json(p)
 
 
-def _number(value: float) -> str:
-    short = f"{value:.6g}"
-    return short if float(short) == value else repr(value)
-
-
-def scaling_options(scaling: RopeScaling, target: int) -> list:
-    """gguf-set's (and args') options that give ``scaling`` and a context of ``target`` tokens."""
-    if scaling.method == "none":
-        return ["--method", "none"]
-    if scaling.method == "ntk":
-        options = ["--alpha", _number(scaling.alpha)]
-    else:
-        options = ["--method", scaling.method, "--factor", _number(scaling.factor)]
-    if scaling.method == "yarn" and scaling.attn_factor != 1.0:
-        options += ["--attn-factor", _number(scaling.attn_factor)]
-    return options + ["--ctx", str(target)]
-
-
 def gguf_set_command(model: str, scaling: RopeScaling, target: int) -> str:
     return shlex.join(["pyntk", "gguf-set", model, *scaling_options(scaling, target)])
 
@@ -78,43 +59,13 @@ def _measure(args, rec, quiet: bool):
     from tqdm import tqdm
 
     from .. import search
-    from ..llama import Model
-    from ..perplexity import Candidate, evaluate
-    from .ppl import read_text
 
-    model = Model(args.model, threads=args.threads)
-    tokens = model.tokenize(read_text(args.text))
-    if len(tokens) < rec.target:
-        raise PyntkError(f"{args.text} has {len(tokens)} tokens but --measure reads {rec.target} (--ctx); "
-                         f"give a longer text or a smaller --ctx")
-    tokens = tokens[:rec.target]
-    path = search.cache_path(model.path, tokens, rec.target)
-    cache = search.Cache(path, {"model": model.path, "text": os.path.abspath(args.text), "target": rec.target})
-    starts = [rec.scaling] + ([rec.runner_up.scaling] if rec.runner_up else [])
-    starts = [s for i, s in enumerate(starts) if s.method in search.AXES and s not in starts[:i]]
-    if not starts:
-        raise PyntkError(f"nothing to search for {rec.scaling.describe()}; --measure narrows "
-                         f"{', '.join(search.AXES)}")
+    search.starts(rec)  # nothing to search: say so before loading the model
+    model, tokens, cache = search.prepare(args.model, args.text, rec.target, threads=args.threads)
 
-    # Ctrl-C raises KeyboardInterrupt, except inside llama.cpp's log callback (Python called from
-    # C while a context is created), which swallows it: keep it, and raise it again after the
-    # window, before the measurement can be cached.
-    interrupted = []
-
-    def on_interrupt(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    def measure(scaling):
-        with tqdm(total=rec.target, unit="tok", desc=scaling.describe(), file=sys.stderr, leave=False,
-                  disable=quiet or not sys.stderr.isatty()) as bar:
-            def progress(n):
-                bar.update(n)
-                if interrupted:
-                    raise KeyboardInterrupt
-            [result] = evaluate(model, tokens, [rec.target], [Candidate(scaling.method, scaling)],
-                                progress=progress)
-        return result.ppl
+    def progress(scaling):
+        return tqdm(total=rec.target, unit="tok", desc=scaling.describe(), file=sys.stderr, leave=False,
+                    disable=quiet or not sys.stderr.isatty())
 
     def report(point):
         if not quiet:
@@ -123,17 +74,17 @@ def _measure(args, rec, quiet: bool):
 
     budget = (args.budget if args.budget is not None else DEFAULT_BUDGET) * 60
     if not quiet:
-        log(f"measuring at {rec.target} tokens of {args.text}; budget {budget / 60:g} min; cache {path}")
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+        log(f"measuring at {rec.target} tokens of {args.text}; budget {budget / 60:g} min; cache {cache.path}")
     try:
-        outcome = search.run(starts, measure, cache, budget_seconds=budget, report=report)
+        outcome = search.measure_text(rec, model, tokens, cache, budget_seconds=budget, report=report,
+                                      progress=progress)
     except KeyboardInterrupt:
-        log(f"interrupted: {len(cache.entries)} measurement(s) kept in {path}; run the same command "
+        log(f"interrupted: {len(cache.entries)} measurement(s) kept in {cache.path}; run the same command "
             f"again to resume")
         raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return outcome, path
+    win = outcome.winner
+    return {"cache": str(cache.path), **search.summary(outcome, rec),
+            "apply": gguf_set_command(args.model, win.scaling, rec.target)}
 
 
 def run(args) -> int:
@@ -149,71 +100,81 @@ def run(args) -> int:
     L0 = info.original_context
     rec = recommend(args.ctx, dims=info.dims, base=info.base, training_context=L0, runtime=args.runtime)
     rows = pair_rows(rec.scaling, L0, rec.target)
-    # Window layers never relate tokens further apart than their window (within L0), so only the
-    # global layers' pairs can leave the distribution: the rows are theirs.
-    layers = [i for i in range(info.layers) if i not in info.window_layers] if info.has_sliding_window else "all"
+    # a setup served per request (pyntk.dynamic.Dynamic) is not written into the file
+    in_file = not served(rec.choice.label)
+    kinds = layer_kinds(info, rec.scaling, rec.target, in_file=in_file)
+    # The rows are for the layers that rotate with the scaling over the whole context: the llama.cpp
+    # contract says which (window layers never relate tokens further apart than their window).
+    whole = [il for il, kind in kinds.items() if kind == "scaled"]
+    layers = "all" if len(whole) == len(kinds) else whole
     for row in rows:
         row["layers"] = layers
     if args.plot:
         plot_spectrum(rec, args.plot, title=f"{os.path.basename(args.model)}: RoPE spectrum for "
                                             f"{rec.target} tokens (training context {L0})")
     scaled = rec.scaling.method != "none"
-    # a setup served per request (pyntk.dynamic.Dynamic) is not written into the file
-    served = rec.choice.label in DYNAMIC or rec.choice.label == "dynamic"
-    apply = gguf_set_command(args.model, rec.scaling, rec.target) if scaled and not served else None
-    outcome = None
+    apply = gguf_set_command(args.model, rec.scaling, rec.target) if scaled and in_file else None
+    measured = None
     if args.measure:
         if not scaled:
             raise ValueError(f"{rec.target} tokens fit the training context ({L0}): there is nothing to "
                              f"measure; give a larger --ctx")
-        outcome, cache = _measure(args, rec, quiet=args.json)
+        measured = _measure(args, rec, quiet=args.json)
     if args.json:
         data = {"model": args.model, "arch": info.arch, "dims": info.dims, "base": info.base,
                 **rec.to_dict(), "apply": apply, "pairs": rows}
-        if outcome:
-            data["measured"] = _measured(outcome, rec, args.model, cache)
+        if measured:
+            data["measured"] = measured
         print_json(data)
         return 0
-    _print(args, info, rec, rows, apply)
-    if outcome:
-        _print_measured(_measured(outcome, rec, args.model, cache), rec)
+    _print(args, info, rec, rows, apply, kinds)
+    if measured:
+        _print_measured(measured, rec)
     if args.plot:
         log(f"plot written to {args.plot}")
     return 0
 
 
-def _measured(outcome, rec, model: str, cache) -> dict:
-    win = outcome.winner
-    rule = next(p for p in outcome.points if p.scaling == rec.scaling)
-    families = sorted({p.family for p in outcome.points}, key=lambda f: outcome.best_of(f).ppl)
-    return {"cache": str(cache), "complete": outcome.complete, "new_measurements": outcome.new,
-            "points": [p.to_dict() for p in outcome.points],
-            "best_per_family": {f: outcome.best_of(f).to_dict() for f in families},
-            "winner": win.to_dict(), "recommendation_vs_winner": rule.ppl / win.ppl - 1,
-            "pairs_out_of_distribution": sum(not r["in_distribution"] for r in
-                                             pair_rows(win.scaling, rec.training_context, rec.target)),
-            "apply": gguf_set_command(model, win.scaling, rec.target)}
-
-
 def _name(pick) -> str:
-    """A setup as `pyntk plan` names it: the scaling, and the serving for a DYNAMIC label."""
-    if pick.label in DYNAMIC:
+    """A setup as `pyntk plan` names it: the scaling, and the serving for a dynamic-METHOD."""
+    if per_request_method(pick.label):
         return f"{pick.label}: {pick.scaling.describe()} at the target, set up per request length"
     return pick.scaling.describe()
 
 
-def _print(args, info, rec, rows, apply) -> None:
+def _layers_note(kinds: dict, info) -> str:
+    """Which layers the criterion and the pairs are for, and what the others run; "" when all."""
+    groups = {kind: [il for il, k in kinds.items() if k == kind] for kind in LAYER_KINDS}
+    if len(groups["scaled"]) == len(kinds):
+        return ""
+    ids = lambda layers: ", ".join(map(str, layers))  # noqa: E731
+    parts = [f"{len(info.window_layers)} of {info.layers} layers are sliding-window layers (window "
+             f"{info.sliding_window} tokens)"] if info.has_sliding_window else []
+    scaled = groups["scaled"]
+    parts.append(f"the criterion and the pairs below are for the {len(scaled)} global layer"
+                 f"{'s' if len(scaled) > 1 else ''} ({ids(scaled)}) that rotate with this scaling over the "
+                 f"whole context" if scaled else
+                 "no global layer rotates with this scaling, so the criterion and the pairs below hold for none")
+    if groups["window"]:
+        parts.append(f"the sliding-window layers ({ids(groups['window'])}) rotate with it only within their window")
+    if groups["own"]:
+        parts.append(f"the sliding-window layers ({ids(groups['own'])}) keep a rope of their own, which the "
+                     f"scaling does not reach")
+    if groups["none"]:
+        parts.append(f"layers without RoPE: {ids(groups['none'])}")
+    return "# " + "; ".join(parts)
+
+
+def _print(args, info, rec, rows, apply, kinds) -> None:
     L0 = rec.training_context
     print(f"# {os.path.basename(args.model)} ({info.arch}): {info.dims} rotary dims, base {info.base:g}, "
           f"training context {L0}")
     print(f"# target {rec.target} tokens ({rec.target / L0:.3g}x); critical dimension "
           f"{rec.critical_dims} of {info.dims} (pairs 0-{rec.critical_dims // 2 - 1} turn fully "
           f"within {L0} tokens); runtime: {rec.runtime}")
-    if info.has_sliding_window:
-        n, total = len(info.window_layers), info.layers
-        print(f"# {n} of {total} layers are sliding-window layers (window {info.sliding_window} tokens): they "
-              f"never see pairs further apart than that, so the criterion and the pairs below are for the "
-              f"{total - n} global layers ({', '.join(str(i) for i in range(total) if i not in info.window_layers)})")
+    note = _layers_note(kinds, info)
+    if note:
+        print(note)
     print(f"recommended: {_name(rec.choice)}")
     print(f"  why: {rec.reason}")
     if apply:
@@ -235,7 +196,7 @@ def _print(args, info, rec, rows, apply) -> None:
     setups = [(o.scaling.method, o.scaling.describe(), o) for o in rec.options]
     setups += [(label, f"{label} (per request)", option(setup_for(label, rec.target, dims=info.dims,
                                                                 base=info.base, training_context=L0),
-                                                       L0, rec.target)) for label in DYNAMIC]
+                                                       L0, rec.target)) for label in PER_REQUEST]
     width = max(len(name) for _, name, _ in setups)
     print(f"  {'setup':<{width}}  {'supports':>9}  {'pairs out':>9}  {'at target':>20}  "
           f"{'inside ' + str(m.training_context if m else L0):>12}")
@@ -243,7 +204,7 @@ def _print(args, info, rec, rows, apply) -> None:
         s = measured.get(label)
         at = f"{s.ppl:.2f} ({m.excess(s):+.1%})" if s else "-"
         inside = f"{m.cost(s):+.1%}" if s else "-"
-        note = "  (pyntk.dynamic.Dynamic)" if label == "dynamic" or label in DYNAMIC else ""
+        note = "  (pyntk.dynamic.Dynamic)" if served(label) else ""
         print(f"  {name:<{width}}  {o.supported_context:>9}  "
               f"{o.pairs_out_of_distribution:>9}  {at:>20}  {inside:>12}{note}")
     print()
@@ -263,9 +224,11 @@ def _print_measured(measured: dict, rec) -> None:
           f"new; {done}):")
     for p in sorted(measured["points"], key=lambda p: p["ppl"]):
         print(f"  {p['summary']:<48}  ppl {p['ppl']:.4f}{'  (cached)' if p['cached'] else ''}")
-    win = measured["winner"]
-    print(f"winner: {win['summary']} (the recommendation is {measured['recommendation_vs_winner']:+.1%} "
-          f"against it)")
+    win, against = measured["winner"], measured["recommendation_vs_winner"]
+    if against is None:  # e.g. Dynamic NTK, which the search does not narrow
+        print(f"winner: {win['summary']} (the recommendation, {rec.scaling.describe()}, was not measured)")
+    else:
+        print(f"winner: {win['summary']} (the recommendation is {against:+.1%} against it)")
     if measured["pairs_out_of_distribution"]:
         print(f"  note: {measured['pairs_out_of_distribution']} pairs are out of distribution at "
               f"{rec.target} by the criterion; it measured best on this text only")

@@ -12,14 +12,15 @@ from ..errors import PyntkError
 from ..dynamic import DynamicPolicy, check_runnable
 from ..llama import Model
 from ..perplexity import (SCORES, Candidate, describe_windows, evaluate, format_table,
-                          plan_windows, plot)
-from ..plan import COMPARED, scaling_for
+                          plan_windows, plot, read_text)
+from ..plan import COMPARED, per_request_method, scaling_for
+from ..scaling import USES
 from ._common import METHODS_EPILOG, add_command, add_json, check_plot, log, positive_int, print_json
 
-# dynamic-yarn: yarn set up for each window's length (pyntk.dynamic.DynamicPolicy)
-DYNAMIC = "dynamic-"
-# method parameters a --method item may set, e.g. ntk:alpha=4 or yarn:factor=4:beta-fast=16
-_PARAMS = ("alpha", "factor", "beta_fast", "beta_slow", "attn_factor")
+# method parameters a --method item may set, e.g. ntk:alpha=4 or yarn:factor=4:beta-fast=16; one a
+# method does not use is refused by RopeScaling, naming the methods that do. original_context is
+# the model's.
+_PARAMS = tuple(dict.fromkeys(p for uses in USES.values() for p in uses if p != "original_context"))
 
 
 def int_list(text: str) -> List[int]:
@@ -78,12 +79,13 @@ def parse_methods(text: str, target: int, model: Model, longest: int = 0) -> Lis
         if not item:
             continue
         method, *assignments = item.split(":")
-        if method.startswith(DYNAMIC):
+        per_request = per_request_method(method)  # dynamic-yarn: yarn set up for each window's length
+        if per_request is not None:
             if assignments:
                 raise ValueError(f"--method {item!r}: {method} takes no parameters (each length "
                                  f"gets its own)")
             try:
-                policy = DynamicPolicy(method[len(DYNAMIC):], info.base, info.dims,
+                policy = DynamicPolicy(per_request, info.base, info.dims,
                                        info.original_context, max(target, longest))
                 check_runnable(model, policy)
             except (ValueError, PyntkError) as e:
@@ -111,14 +113,6 @@ def parse_methods(text: str, target: int, model: Model, longest: int = 0) -> Lis
     if not candidates:
         raise ValueError("--method is empty; name at least one method, e.g. --method none,ntk")
     return candidates
-
-
-def read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise PyntkError(f"{path}: not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
 
 
 def run(args) -> int:
