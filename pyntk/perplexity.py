@@ -82,6 +82,10 @@ def read_text(path: str) -> str:
             return f.read()
     except UnicodeDecodeError:
         raise PyntkError(f"{path}: not UTF-8 text; convert it (e.g. iconv -t utf-8)") from None
+    except IsADirectoryError:
+        raise PyntkError(f"--text {path}: is a folder; give a text file") from None
+    except OSError as e:
+        raise PyntkError(f"--text {path}: {e.strerror.lower()}; check the path") from None
 
 
 def first_scored(length: int, score: str) -> int:

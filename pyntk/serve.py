@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from .errors import PyntkError
 from .dynamic import Cancelled, Dynamic
+from .writer import human_size
 
 log = logging.getLogger("pyntk.serve")
 
@@ -437,17 +438,13 @@ def available_memory() -> Optional[int]:
     return None
 
 
-def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def check_memory(dyn: Dynamic) -> str:
     """Refuse a setup whose contexts (KV cache and compute buffers each, :meth:`Dynamic.memory`)
     could outgrow the memory available; describe it otherwise."""
     m = dyn.memory(dyn.max_context)
     need = dyn.cached * m.total
-    each = (f"each: KV cache {_size(m.kv)} at {m.kv // dyn.bucket_for(dyn.max_context)} bytes per token, "
-            f"compute buffers {_size(m.total - m.kv)}" + ("" if dyn.flash_attn else " without --flash-attn"))
+    each = (f"each: KV cache {human_size(m.kv)} at {m.kv // dyn.bucket_for(dyn.max_context)} bytes per token, "
+            f"compute buffers {human_size(m.total - m.kv)}" + ("" if dyn.flash_attn else " without --flash-attn"))
     contexts = f"{dyn.cached} context{'s' * (dyn.cached > 1)}"
     avail = available_memory()
     if avail is not None and need > avail:
@@ -456,12 +453,12 @@ def check_memory(dyn: Dynamic) -> str:
             fixes.append("fewer --contexts")
         if not dyn.flash_attn:
             fa = dyn.memory(dyn.max_context, flash_attn=True)
-            fixes.append(f"--flash-attn (compute buffers {_size(fa.total - fa.kv)} per context)")
+            fixes.append(f"--flash-attn (compute buffers {human_size(fa.total - fa.kv)} per context)")
         raise PyntkError(f"{contexts} of up to {dyn.max_context} tokens need{'s' * (dyn.cached == 1)} "
-                         f"{_size(need)} ({each}), but only {_size(avail)} of memory is available; use "
+                         f"{human_size(need)} ({each}), but only {human_size(avail)} of memory is available; use "
                          + ", ".join(fixes[:-1]) + ", or " * (len(fixes) > 1) + fixes[-1])
-    return (f"memory up to {contexts} x {_size(m.total)} = {_size(need)} ({each})"
-            + (f", {_size(avail)} available" if avail is not None else ""))
+    return (f"memory up to {contexts} x {human_size(m.total)} = {human_size(need)} ({each})"
+            + (f", {human_size(avail)} available" if avail is not None else ""))
 
 
 def _longest_fitting(dyn: Dynamic, avail: int) -> str:

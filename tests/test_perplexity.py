@@ -171,6 +171,16 @@ def test_read_text_wants_utf8(tmp_path):
     path.write_bytes("caf\u00e9".encode("latin-1"))
     with pytest.raises(PyntkError, match="not UTF-8 text; convert it"):
         read_text(str(path))
+    with pytest.raises(PyntkError, match=f"--text {tmp_path}: is a folder; give a text file"):
+        read_text(str(tmp_path))
+    with pytest.raises(PyntkError, match="--text .*missing.txt: no such file or directory; check the path"):
+        read_text(str(tmp_path / "missing.txt"))
+
+
+def test_check_plot_refuses_a_folder(tmp_path):
+    from pyntk.cli._common import check_plot
+    with pytest.raises(PyntkError, match="is a folder; give a file name such as"):
+        check_plot(str(tmp_path))
 
 
 def test_table_lists_methods_by_length():

@@ -26,6 +26,8 @@ def print_json(data: Any) -> None:
 
 def check_plot(path: str) -> None:
     """Refuse a --plot that would fail only after the work is done."""
+    if os.path.isdir(path):
+        raise PyntkError(f"--plot {path}: is a folder; give a file name such as {os.path.join(path, 'plot.png')}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PyntkError(f"--plot {path}: there is no folder {folder}; create it or choose another path")
