@@ -36,8 +36,7 @@ from pyntk import forward, verify
 model = forward.load(sys.argv[1])
 claimed = model.file_scaling()
 layout = verify.make_layout(model.n_vocab, 32, verify.default_position(claimed, model.rope))
-passes = [(claimed, False), (claimed, True)] + [
-    (claimed.replace(base=claimed.base * (1 + d)), False) for d in (-verify.NEIGHBOUR, verify.NEIGHBOUR)]
+passes = verify.reference_passes(claimed)
 run = time.perf_counter()
 model.run(layout.tokens, layout.positions, passes, layout.visible, rows=layout.queries)
 end = time.perf_counter()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -184,6 +184,17 @@ class Report:
         return asdict(self)
 
 
+def neighbours_of(claimed: RopeScaling) -> Dict[str, RopeScaling]:
+    """The claim with its base 1% lower and higher: llama.cpp must be closer to the claim."""
+    return {f"base x{1 + d:g}": claimed.replace(base=claimed.base * (1 + d)) for d in (-NEIGHBOUR, NEIGHBOUR)}
+
+
+def reference_passes(claimed: RopeScaling) -> List[Tuple[RopeScaling, bool]]:
+    """What the reference computes (scaling, with ggml's rounding): exact, rounded, and the two
+    neighbours, in one read of the weights."""
+    return [(claimed, False), (claimed, True)] + [(s, False) for s in neighbours_of(claimed).values()]
+
+
 def layers_summary(model: forward.Model, rotations) -> str:
     """The layers' ropes in a line: which run the scaling, which keep their own (llama.cpp's
     per-layer rules), which factor tensors apply."""
@@ -260,11 +271,9 @@ def verify(path, scaling: Optional[RopeScaling] = None, *, reference: Optional[R
     llama = llama_logits(model.path, scaling, layout, threads, n_ctx)
     times["llama_cpp"] = time.perf_counter() - start
     start = time.perf_counter()
-    # exact, with llama.cpp's rounding, and the two neighbours: one read of the weights for all
-    near = {f"base x{1 + d:g}": claimed.replace(base=claimed.base * (1 + d)) for d in (-NEIGHBOUR, NEIGHBOUR)}
-    exact, rounded, *others = model.run(
-        layout.tokens, layout.positions, [(claimed, False), (claimed, True)] + [(s, False) for s in near.values()],
-        layout.visible, rows=layout.queries, mode=reference_mode, n_ctx=n_ctx)
+    near = neighbours_of(claimed)
+    exact, rounded, *others = model.run(layout.tokens, layout.positions, reference_passes(claimed),
+                                        layout.visible, rows=layout.queries, mode=reference_mode, n_ctx=n_ctx)
     times["reference"] = time.perf_counter() - start
 
     measured, noise = compare(exact, llama), compare(exact, rounded)
