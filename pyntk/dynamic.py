@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from gguf import Keys
 
 from .errors import PyntkError
 from .llama import N_BATCH, Context, Model
-from .llamacpp import CTX_PAD
+from .llamacpp import CTX_PAD, cells
 from .plan import scaling_for, static_equivalent
 from .scaling import METHODS, RopeScaling
 
@@ -208,13 +209,13 @@ class Dynamic:
         llama.cpp's default swa_full, a full-size cache for them (llama-kv-cache-iswa.cpp).
         """
         lib, ptr = self.model.lib, self.model._plain.ptr
-        cells = -(-self.bucket_for(length) // CTX_PAD) * CTX_PAD
+        n_cells = cells(self.bucket_for(length))
         head = lib.llama_model_n_embd(ptr) // lib.llama_model_n_head(ptr)
         arch = self.model.info.arch
-        k = _meta_int(self.model, f"{arch}.attention.key_length", head)
-        v = _meta_int(self.model, f"{arch}.attention.value_length", head)
+        k = _meta_int(self.model, Keys.Attention.KEY_LENGTH.format(arch=arch), head)
+        v = _meta_int(self.model, Keys.Attention.VALUE_LENGTH.format(arch=arch), head)
         per_cell = lib.llama_model_n_layer(ptr) * lib.llama_model_n_head_kv(ptr) * (k + v)
-        return per_cell * cells * _F16_BYTES
+        return per_cell * n_cells * _F16_BYTES
 
     def memory(self, length: int, *, flash_attn: Optional[bool] = None) -> ContextMemory:
         """What the context for a request of ``length`` tokens takes, known before it exists:
@@ -246,18 +247,18 @@ class Dynamic:
         flash = self.flash_attn if flash_attn is None else flash_attn
         lib, ptr = self.model.lib, self.model._plain.ptr
         n = self.bucket_for(length)
-        cells = -(-n // CTX_PAD) * CTX_PAD  # llama.cpp pads n_ctx; the batch is not padded
+        n_cells = cells(n)  # the batch is not padded
         T = min(N_BATCH, n)
         n_embd, n_head = lib.llama_model_n_embd(ptr), lib.llama_model_n_head(ptr)
         arch = self.model.info.arch
-        head = _meta_int(self.model, f"{arch}.attention.key_length", n_embd // n_head)
+        head = _meta_int(self.model, Keys.Attention.KEY_LENGTH.format(arch=arch), n_embd // n_head)
         q, kv_row = n_head * head, lib.llama_model_n_head_kv(ptr) * head
         masks = 2 if lib.llama_model_n_swa(ptr) > 0 else 1
-        scores = 0 if flash else n_head * cells * T * _F32_BYTES
-        mask = masks * cells * T * (_F16_BYTES if flash else _F32_BYTES)
+        scores = 0 if flash else n_head * n_cells * T * _F32_BYTES
+        mask = masks * n_cells * T * (_F16_BYTES if flash else _F32_BYTES)
         attention = scores + mask + (2 * n_embd + 4 * q + 2 * kv_row) * T * _F32_BYTES
         logits = (self.model.n_vocab + 4 * n_embd) * T * _F32_BYTES
-        work = 0 if flash else n_head * cells * T * _F16_BYTES
+        work = 0 if flash else n_head * n_cells * T * _F16_BYTES
         return ContextMemory(kv=self.kv_bytes(length), compute=max(attention, logits), work=work,
                              output=self.model.n_vocab * _F32_BYTES)
 

@@ -33,6 +33,12 @@ DEFAULT_TYPE = "linear"  # model.cpp load_hparams: std::string rope_scaling("lin
 SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 DEFAULT_BETA_FAST, DEFAULT_BETA_SLOW = 32.0, 1.0  # llama-hparams.h yarn_beta_fast / yarn_beta_slow
 CTX_PAD = 256  # llama-context.cpp pads n_ctx up to a multiple of this
+
+
+def cells(n_ctx: int) -> int:
+    """The KV cells llama.cpp gives a context asked for ``n_ctx`` tokens (padded up to 256)."""
+    return -(-max(n_ctx, 1) // CTX_PAD) * CTX_PAD
+
 # per-pair frequency divisors llama.cpp applies on top of any scaling (model.cpp get_rope_factors):
 # rope_freqs on every layer (Llama 3.1 style); LongRoPE's long or short tensor by context (Phi-3)
 ROPE_FREQS = "rope_freqs.weight"
@@ -407,8 +413,7 @@ class RopeView:
             return None
         if n_ctx is None:
             raise ValueError("LongRoPE's factors depend on the context: pass n_ctx")
-        n_ctx_seq = -(-max(n_ctx, 1) // CTX_PAD) * CTX_PAD
-        return LONGROPE[0] if n_ctx_seq > self.original_context else LONGROPE[1]
+        return LONGROPE[0] if cells(n_ctx) > self.original_context else LONGROPE[1]
 
     def layer_ropes(self, rope: Optional[LlamaRope] = None, *, in_file: bool = False,
                     n_ctx: Optional[int] = None) -> List[LayerRope]:
