@@ -33,6 +33,20 @@ DEFAULT_TYPE = "linear"  # model.cpp load_hparams: std::string rope_scaling("lin
 SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 DEFAULT_BETA_FAST, DEFAULT_BETA_SLOW = 32.0, 1.0  # llama-hparams.h yarn_beta_fast / yarn_beta_slow
 CTX_PAD = 256  # llama-context.cpp pads n_ctx up to a multiple of this
+# llama.cpp turns each position into a float32 to compute its angles (ggml-cpu/ops.cpp,
+# ggml_rope_cache_init takes the position as float theta_base): past 2^24 float32 no longer holds
+# every whole number, so neighbouring positions would get the same angles. Never lifted.
+MAX_CONTEXT = 1 << 24
+# The methods llama.cpp can run from a file's keys or its runtime flags (static NTK is a new base;
+# NTK-by-parts is YaRN with its temperature cancelled through rope.scaling.attn_factor).
+FILE_METHODS = ("none", "ntk", "linear", "yarn", "ntk-by-parts")
+
+
+def check_context(ctx: int) -> None:
+    """Refuse a target context llama.cpp cannot tell apart position by position (MAX_CONTEXT)."""
+    if ctx > MAX_CONTEXT:
+        raise ValueError(f"target context {ctx} is past {MAX_CONTEXT} tokens (2^24), where llama.cpp's "
+                         f"float32 positions stop telling neighbouring tokens apart; give a smaller --ctx")
 
 
 def cells(n_ctx: int) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import evidence
 from .errors import PyntkError
-from .llamacpp import RopeView, to_llama, with_context
+from .llamacpp import FILE_METHODS, RopeView, check_context, to_llama, with_context
 from .reference import inv_freq
 from .scaling import METHODS, USES, RopeScaling, needs_context
 from .spectrum import TOL, full_interpolation, pair_table
@@ -197,8 +197,6 @@ def served(label: str) -> bool:
 
 def runtime_setups(runtime: str) -> Tuple[str, ...]:
     """The setups (method names, and the PER_REQUEST labels) a runtime can run."""
-    from .target import FILE_METHODS  # imported here: target imports this module
-
     setups = {"file": tuple(FILE_METHODS), "freq_base": ("none", "ntk"),
               "pyntk": (*FILE_METHODS, "dynamic", *PER_REQUEST)}
     if runtime not in setups:
@@ -288,15 +286,11 @@ def evidence_rows(m: evidence.Measurement) -> dict:
 
 
 def _check_target(target) -> None:
-    from .target import MAX_CONTEXT  # imported here: target imports this module
-
     if isinstance(target, bool) or int(target) != target or target < 1:
         raise ValueError(f"target context must be a positive whole number of tokens, got {target!r}")
     # gguf-set and args refuse such a context: recommending a setup for it would be advice no
     # command of pyntk accepts
-    if target > MAX_CONTEXT:
-        raise ValueError(f"target context {target} is past {MAX_CONTEXT} tokens (2^24), where llama.cpp's "
-                         f"float32 positions stop telling neighbouring tokens apart; give a smaller --ctx")
+    check_context(target)
 
 
 def _picks(runtime: str, target: int, common: dict) -> Tuple[List[Pick], list]:

@@ -9,23 +9,16 @@ from typing import Any, Dict, Optional
 
 from . import evidence
 from .errors import PyntkError
-from .llamacpp import CTX_PAD, LlamaRope, RopeView, checked_f32, to_llama, with_context
+from .llamacpp import (CTX_PAD, FILE_METHODS, MAX_CONTEXT, LlamaRope, RopeView, check_context, checked_f32,
+                       to_llama, with_context)
 from .plan import alpha_for_context, recommended_scaling, supported_context
 from .scaling import USES, RopeScaling, needs_context
-
-# The methods llama.cpp can run from a file's keys or its runtime flags (static NTK is a new base;
-# NTK-by-parts is YaRN with its temperature cancelled through rope.scaling.attn_factor).
-FILE_METHODS = ("none", "ntk", "linear", "yarn", "ntk-by-parts")
 
 # The longest reach, as a multiple of the training context, that any measurement supports, with
 # room to spare: the largest published extension is YaRN's Llama 2 from 4k to 128k tokens, 32x
 # (Peng et al. 2023, arXiv:2309.00071, fine-tuned at that factor); pyntk's own measurements stop at
 # 4x (docs/RESULTS.md). Beyond 64x a scaling is refused unless --force.
 MAX_SCALE = 64
-# llama.cpp turns each position into a float32 to compute its angles (ggml-cpu/ops.cpp,
-# ggml_rope_cache_init takes the position as float theta_base): past 2^24 float32 no longer holds
-# every whole number, so neighbouring positions would get the same angles. Never lifted.
-MAX_CONTEXT = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -100,9 +93,7 @@ def _check_ctx(ctx, L0: int) -> None:
     if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx <= L0:
         raise ValueError(f"target context {ctx} is not above the model's training context {L0}; "
                          f"give a larger --ctx (e.g. --ctx {2 * L0})")
-    if ctx > MAX_CONTEXT:
-        raise ValueError(f"target context {ctx} is past {MAX_CONTEXT} tokens (2^24), where llama.cpp's "
-                         f"float32 positions stop telling neighbouring tokens apart; give a smaller --ctx")
+    check_context(ctx)
 
 
 def plan_target(original: RopeView, *, method: Optional[str] = None, alpha: Optional[float] = None,

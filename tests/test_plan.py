@@ -403,7 +403,7 @@ def test_plan_command_says_which_layers_rotate(tmp_path):
 
 
 def test_refuses_a_target_past_llama_cpps_positions(tmp_path):
-    # target.MAX_CONTEXT, which gguf-set and args enforce: advice no pyntk command would take
+    # llamacpp.MAX_CONTEXT, which gguf-set and args enforce: advice no pyntk command would take
     with pytest.raises(ValueError, match=r"past 16777216 tokens \(2\^24\)"):
         plan.recommend(2 ** 24 + 1, **SMOL)
     assert plan.recommend(2 ** 24, **SMOL).scaling.factor == 2048  # 2^24 / 8192
