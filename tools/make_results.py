@@ -194,7 +194,8 @@ def write_evidence(entries: List[dict]) -> None:
 
 def markdown_table(results: List[Result]) -> str:
     lengths = sorted({r.ctx for r in results})
-    labels = list(dict.fromkeys(r.label for r in results))
+    order = {label: i for i, label in enumerate(LABELS)}
+    labels = sorted(dict.fromkeys(r.label for r in results), key=lambda label: order.get(label, len(order)))
     cell = {(r.label, r.ctx): r.ppl for r in results}
     summary = {r.label: r.parameters() for r in results}
     lines = ["| method | parameters | " + " | ".join(str(n) for n in lengths) + " |",
