@@ -1,10 +1,10 @@
 """What pyntk has measured: perplexity of each method set up for a target context, at the target
 and inside the training context, per model and text (pyntk/evidence.json).
 
-Every number in evidence.json is copied from a file of docs/results/ (`source` at the target,
-`training_source` at the training context; tests/test_plan.py checks each one), so a new
-measurement, such as Gemma 3 at 65536 tokens once it is made, is added as data and `pyntk plan`
-ranks the methods again from it.
+Every number in evidence.json comes from a file of docs/results/ (`source` at the target,
+`training_source` at the training context; tools/make_results.py writes the entries,
+tests/test_plan.py checks each one), so a new measurement is added as data and `pyntk plan` ranks
+the methods again from it. A setup missing from one measurement is left out of the ranking.
 """
 
 from __future__ import annotations

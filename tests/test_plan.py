@@ -173,7 +173,7 @@ def _results(target: int, length: int):
 @pytest.mark.parametrize("runtime", plan.RUNTIMES)
 @pytest.mark.parametrize("index", range(len(evidence.measurements())))
 def test_recommendation_within_two_percent_of_the_best_measured(index, runtime):
-    # every measurement pyntk has (SmolLM2 at 16384 and 32768 today; Gemma 3 once added), its
+    # every measurement pyntk has (SmolLM2 at 16384 and 32768, Gemma 3 at 65536), its
     # perplexities read straight from docs/results/, not through pyntk.evidence
     m = evidence.measurements()[index]
     measured = {r["label"]: r for r in json.loads((ROOT / m.source).read_text())}
