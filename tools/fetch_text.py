@@ -6,7 +6,7 @@
   by us; about 40k SmolLM2 tokens (43k Gemma 3 tokens) of prose in questions and answers. The table
   of contents is dropped, so the text starts at chapter 1.
 - `kjv`: the King James Bible (1611, public domain), from bible-kjv-text, decoded by the package's
-  own `bible` program (bible-kjv) from the unpacked packages; about 1.1M tokens, for windows
+  own `bible` program (bible-kjv) from the unpacked packages; about 1.0M Gemma 3 tokens, for windows
   longer than the FAQ (Gemma 3 at 64k). Book and chapter headings kept, verse numbers dropped.
 
 Prints the path of the text file. Idempotent: an existing copy is reused.

@@ -11,8 +11,9 @@ Every measurement is one `pyntk ppl --json` run (one method at one length), its 
 docs/results/ (in the repository, so no machine's loss loses a measurement) and reused when the
 script runs again, so an interrupted run resumes; docs/results/PREFIXTARGET-LENGTH.json gathers the
 rows of one length. RESULTS.md is written from whatever has been measured and says what is missing.
-Nothing in RESULTS.md is typed by hand. Long: a 32k window of SmolLM2 costs about a quarter of an
-hour per method on 2 cores, a 64k window of Gemma 3 about 20 minutes.
+Nothing in RESULTS.md is typed by hand. Long, on 2 cores: a 32k window of SmolLM2 costs about a
+quarter of an hour per method, a 64k window of Gemma 3 10-14 minutes (its window layers cache only
+their window).
 
     python tools/make_results.py                        # everything
     python tools/make_results.py --study smollm2 --targets 16384
