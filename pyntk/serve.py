@@ -13,6 +13,10 @@ events), GET /v1/models, GET /health. A request holds one context (a KV cache of
 its first token to its last, so at most ``contexts`` requests run at once and the others wait their
 turn. Generation runs in a worker thread and reaches the client through a queue; a client that
 disconnects cancels its request, whose worker stops at the next token and frees the context.
+
+Kept whole (just over 500 lines): the request schemas, the worker that streams a request's tokens
+and the routes follow one request from its JSON to its last event; which context it gets and what
+that costs in memory live in pyntk/dynamic.py.
 """
 
 from __future__ import annotations

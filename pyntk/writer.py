@@ -8,7 +8,7 @@ Temporary files are named ``.MODEL.gguf.pyntk-tmp-PID`` and locked (flock) while
 any pyntk process can tell a live one from one left by a killed edit, whatever its process id
 means in that process's namespace (containers).
 
-One transaction, kept whole (515 lines): locking, temporary files and the copy must be read together
+One transaction, kept whole (over 500 lines): locking, temporary files and the copy must be read together
 to see that the file is always the whole old one or the whole new one.
 """
 

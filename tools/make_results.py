@@ -103,10 +103,14 @@ def _result(r: dict) -> Result:
                   r["windows"], r["seconds"], r.get("dynamic"))
 
 
+def dynamic_yarn(target: int, info) -> DynamicPolicy:
+    return DynamicPolicy("yarn", info.base, info.dims, info.original_context, target)
+
+
 def setup_at(label: str, target: int, n: int, info) -> RopeScaling:
     """What ``label``, set up for ``target``, runs a window of ``n`` tokens with."""
     if label == DYNAMIC_YARN:
-        return DynamicPolicy("yarn", info.base, info.dims, info.original_context, target).scaling_for(n)
+        return dynamic_yarn(target, info).scaling_for(n)
     return scaling_for(label, target, dims=info.dims, base=info.base, training_context=info.original_context)
 
 
@@ -143,9 +147,8 @@ def measure(study: Study, model: Model, target: int, n: int, run: Callable[[str,
         # dynamic-yarn within L0 (unscaled) and at the target (yarn set up for it)
         same = [r for r in results if model.runs_as(r.scaling, n) == model.runs_as(scaling, n)]
         if same:
-            policy = DynamicPolicy("yarn", model.info.base, model.info.dims, model.info.original_context, target)
-            got = dataclasses.replace(same[0], label=label, scaling=scaling, seconds=0.0,
-                                      dynamic=policy.describe() if label == DYNAMIC_YARN else None)
+            got = dataclasses.replace(same[0], label=label, scaling=scaling, seconds=0.0, dynamic=(
+                dynamic_yarn(target, model.info).describe() if label == DYNAMIC_YARN else None))
             entry = {**got.to_dict(), "note": f"the {same[0].label} row's measurement, reused: the "
                                               f"same llama.cpp settings at this length"}
         else:
